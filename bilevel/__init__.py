@@ -1,0 +1,37 @@
+"""bilevel: hypergradients of argmin layers by interchangeable strategies.
+
+.. math:: \\min_\\theta L(x^*(\\theta), \\theta), \\quad x^*(\\theta) \\in \\arg\\min_x E(x, \\theta)
+"""
+
+from bilevel import losses, problems, strategies
+from bilevel._report import CompareReport
+from bilevel._types import ConvergenceWarning, NotApplicable, SingularSystemError, Solution
+from bilevel.api import (
+    MinimizeResult,
+    compare,
+    hypergradient,
+    jacobian,
+    minimize,
+    value_gradient,
+    vjp,
+)
+
+__all__ = [
+    "CompareReport",
+    "ConvergenceWarning",
+    "MinimizeResult",
+    "NotApplicable",
+    "SingularSystemError",
+    "Solution",
+    "compare",
+    "hypergradient",
+    "jacobian",
+    "losses",
+    "minimize",
+    "problems",
+    "strategies",
+    "value_gradient",
+    "vjp",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,403 @@
+"""The public verbs: join a problem, a strategy and a loss.
+
+``hypergradient`` computes ``dL/dtheta = (dx*/dtheta)^T grad_x L + grad_theta L`` at
+``x* = argmin_x E(x, theta)``; everything else is built on the strategies' VJP.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from bilevel._memory import measure_memory
+from bilevel._registry import STRATEGIES, PREFERENCE, check_applicable, get_strategy
+from bilevel._report import CompareReport
+from bilevel._types import ConvergenceWarning, NotApplicable, as_tuple, like_structure
+from bilevel.problems.base import check_array
+from bilevel.strategies import FiniteDifference
+
+__all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "minimize",
+           "value_gradient", "vjp"]
+
+
+def _check_problem(problem):
+    if not (hasattr(problem, "solve") and hasattr(problem, "capabilities")):
+        raise TypeError(f"problem must be a bilevel problem (see bilevel.problems), "
+                        f"got {type(problem).__name__}")
+
+
+def _loss_terms(loss, x, theta):
+    """``(value, grad_x, grad_theta)`` of ``loss`` at ``(x, theta)``; grad_theta may be None."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable loss(x, theta) -> scalar, got {loss!r}")
+    if hasattr(loss, "value_and_grad"):
+        value, gx, gtheta = loss.value_and_grad(x, theta)
+    else:
+        parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
+                      for t in as_tuple(theta))
+        x_t = torch.tensor(x, requires_grad=True)
+        with torch.enable_grad():
+            out = loss(x_t, like_structure(parts, theta))
+        if not (isinstance(out, torch.Tensor) and out.numel() == 1):
+            raise ValueError("loss(x, theta) must return a scalar torch tensor, "
+                             f"got {type(out).__name__} {getattr(out, 'shape', '')}")
+        grads = torch.autograd.grad(out.reshape(()), (x_t, *parts), allow_unused=True)
+        value = float(out.detach())
+        gx = np.zeros_like(x) if grads[0] is None else grads[0].numpy()
+        gtheta = like_structure(tuple(np.zeros(np.shape(p)) if g is None else g.numpy()
+                                      for g, p in zip(grads[1:], parts)), theta)
+    if not (np.isfinite(value) and np.all(np.isfinite(gx))):
+        raise ValueError(f"loss or its gradient is not finite at x* (loss={value}); "
+                         "check the loss and the data")
+    return float(value), np.asarray(gx, dtype=np.float64).reshape(x.shape), gtheta
+
+
+def _add(a, b):
+    """Sum of two gradients in the same theta structure (b may be None)."""
+    if b is None:
+        return a
+    return like_structure(tuple(np.asarray(p) + np.asarray(q)
+                                for p, q in zip(as_tuple(a), as_tuple(b))), a)
+
+
+def _scale_log(grad, theta):
+    """Chain rule to log theta: ``dL/dlog theta = theta * dL/dtheta``."""
+    return like_structure(tuple(np.asarray(g) * np.asarray(t)
+                                for g, t in zip(as_tuple(grad), as_tuple(theta))), grad)
+
+
+def vjp(problem, theta, v, strategy=None, *, init=None, return_info=False):
+    """``(dx*/dtheta)^T v``, in theta's structure.
+
+    Parameters
+    ----------
+    problem : Problem
+    theta : ndarray or tuple of ndarray
+    v : ndarray, shaped like ``x*``
+    strategy : Strategy, str or None
+        None picks the best applicable strategy (``info["strategy"]`` says which).
+    init : ndarray, optional
+        Warm start of the inner solve.
+    return_info : bool
+        Also return the strategy's info dict, with ``strategy`` and ``solution``.
+    """
+    _check_problem(problem)
+    strat = get_strategy(strategy, problem)
+    check_applicable(strat, problem)
+    sol = problem.solve(theta, init=init)
+    v = check_array(v, "v", shape=sol.x.shape)
+    grad, info = strat.vjp(problem, sol, v)
+    info = {**info, "strategy": strat.name, "solution": sol}
+    return (grad, info) if return_info else grad
+
+
+def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=None,
+                  log_scale=False, return_info=False):
+    """Value and gradient of ``theta -> L(x*(theta), theta)``.
+
+    Parameters
+    ----------
+    problem : Problem
+    loss : callable
+        ``loss(x, theta) -> scalar`` in torch, or a ready loss from :mod:`bilevel.losses`.
+    theta : ndarray or tuple of ndarray
+    strategy : Strategy, str or None
+        None picks the best applicable strategy (``info["strategy"]`` says which).
+    init : ndarray, optional
+        Warm start of the inner solve.
+    warm_start : ndarray, optional
+        A previous ``info["warm_start"]``: warm start of the strategy's linear solve.
+    log_scale : bool
+        Return ``dL/dlog(theta) = theta * dL/dtheta`` instead.
+    return_info : bool
+        Also return info: the strategy's, plus ``strategy``, ``solution``, ``solve_time``.
+
+    Returns
+    -------
+    value : float
+    grad : ndarray or tuple of ndarray, in theta's structure
+    info : dict, only with ``return_info``
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> X = np.eye(2); y = np.array([1.0, 2.0])
+    >>> value, grad = bl.hypergradient(bl.problems.Ridge(X, y),
+    ...                                bl.losses.Reconstruction(np.zeros(2)), 0.5)
+    >>> round(float(grad), 6)   # x* = y/2 / (1/2 + lam): dL/dlam = -|x*|^2 / (1/2 + lam)
+    -1.25
+    """
+    _check_problem(problem)
+    strat = get_strategy(strategy, problem)
+    check_applicable(strat, problem)
+    sol = problem.solve(theta, init=init)
+    value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
+    grad, info = strat.vjp(problem, sol, gx, warm_start=warm_start)
+    grad = _add(grad, gtheta)
+    if log_scale:
+        grad = _scale_log(grad, sol.theta)
+    if not return_info:
+        return value, grad
+    return value, grad, {**info, "strategy": strat.name, "solution": sol,
+                         "solve_time": sol.info.get("time", float("nan"))}
+
+
+def jacobian(problem, theta, strategy=None, *, init=None):
+    """Dense ``dx*/dtheta`` by one VJP per entry of ``x*``; for small problems.
+
+    Returns an array of shape ``x.shape + theta.shape`` (a tuple of them for tuple theta).
+    """
+    _check_problem(problem)
+    strat = get_strategy(strategy, problem)
+    check_applicable(strat, problem)
+    sol = problem.solve(theta, init=init)
+    parts = as_tuple(sol.theta)
+    rows = [[] for _ in parts]
+    basis = np.eye(sol.x.size)
+    for i in range(sol.x.size):
+        g, _ = strat.vjp(problem, sol, basis[i].reshape(sol.x.shape))
+        for k, gk in enumerate(as_tuple(g)):
+            rows[k].append(np.asarray(gk))
+    out = tuple(np.stack(r).reshape(sol.x.shape + np.shape(p)) for r, p in zip(rows, parts))
+    return like_structure(out, sol.theta)
+
+
+def value_gradient(problem, theta, *, init=None):
+    """Value and gradient of ``p(theta) = min_x E(x, theta)``.
+
+    By the envelope (Danskin) theorem ``grad p(theta) = grad_theta E(x*, theta)`` for a
+    smooth energy with a unique minimizer; no derivative of ``x*`` is needed.
+
+    Raises
+    ------
+    NotApplicable
+        When the problem does not offer its ``energy``.
+    """
+    _check_problem(problem)
+    if "energy" not in problem.capabilities:
+        raise NotApplicable(f"value_gradient needs the capability 'energy', which "
+                            f"{problem.name!r} does not offer")
+    sol = problem.solve(theta, init=init)
+    parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
+                  for t in as_tuple(sol.theta))
+    with torch.enable_grad():
+        value = problem.energy(torch.from_numpy(sol.x), like_structure(parts, sol.theta))
+    grads = torch.autograd.grad(value, parts, allow_unused=True)
+    grad = like_structure(tuple(np.zeros(np.shape(p)) if g is None else g.numpy()
+                                for g, p in zip(grads, parts)), sol.theta)
+    return float(value.detach()), grad
+
+
+def _resolve_list(strategies):
+    if strategies is None:
+        ordered = [n for n in PREFERENCE if n in STRATEGIES]
+        ordered += sorted(n for n in STRATEGIES if n not in PREFERENCE)
+        return [STRATEGIES[n]() for n in ordered]
+    return [get_strategy(s) for s in strategies]
+
+
+def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5,
+            budgets=None, log_scale=False):
+    """Run several strategies on one instance against a reference hypergradient.
+
+    Parameters
+    ----------
+    problem, loss, theta
+        As for :func:`hypergradient`.
+    strategies : list of Strategy or str, optional
+        Default: every registered strategy; inapplicable ones are reported as skipped.
+    reference : "auto", str or Strategy
+        "auto": the closed form (``analytic``) when the problem has one, else fourth-order
+        finite differences.
+    repeat : int
+        Timed runs per strategy; the median is reported.
+    budgets : list of int, optional
+        For iterative strategies, the relative error at each value of their budget knob
+        (iterations, steps, terms), for :meth:`CompareReport.plot`.
+    log_scale : bool
+        Report gradients with respect to ``log(theta)``.
+
+    Returns
+    -------
+    CompareReport
+        One row per strategy: hypergradient, relative error, median time, peak memory,
+        iterations, residual, or the reason it was skipped.
+    """
+    _check_problem(problem)
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    solve_times = []
+    for _ in range(repeat):
+        sol = problem.solve(theta)
+        solve_times.append(sol.info["time"])
+    value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
+
+    def full(strat):
+        g, info = strat.vjp(problem, sol, gx)
+        g = _add(g, gtheta)
+        return (_scale_log(g, sol.theta) if log_scale else g), info
+
+    if reference == "auto":
+        reference = "analytic" if "analytic_vjp" in problem.capabilities \
+            else FiniteDifference(order=4)
+    ref_strategy = get_strategy(reference)
+    check_applicable(ref_strategy, problem)
+    ref_grad, _ = full(ref_strategy)
+    ref_flat = np.concatenate([np.ravel(g) for g in as_tuple(ref_grad)])
+
+    def error(g):
+        flat = np.concatenate([np.ravel(p) for p in as_tuple(g)])
+        return float(np.linalg.norm(flat - ref_flat) / max(np.linalg.norm(ref_flat), 1e-300))
+
+    rows = []
+    for strat in _resolve_list(strategies):
+        row = {"strategy": strat.name, "params": asdict(strat)}
+        try:
+            check_applicable(strat, problem)
+        except NotApplicable as exc:
+            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
+            continue
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            g, info = full(strat)
+            times.append(time.perf_counter() - start)
+        with measure_memory() as mem:
+            full(strat)
+        row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)], error=error(g),
+                   time=float(np.median(times)), peak_bytes=mem.peak,
+                   iterations=info.get("iterations"), residual=info.get("residual"))
+        if budgets is not None and strat.budget_field is not None:
+            trace = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                for b in budgets:
+                    trace.append((int(b), error(full(replace(strat, **{strat.budget_field:
+                                                                       int(b)}))[0])))
+            row["trace"] = trace
+        rows.append(row)
+    return CompareReport(problem=getattr(problem, "name", type(problem).__name__),
+                         loss=float(value), reference=ref_strategy.name,
+                         reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
+                         solve_time=float(np.median(solve_times)),
+                         log_scale=log_scale, rows=rows)
+
+
+@dataclass
+class MinimizeResult:
+    """Outcome of :func:`minimize`.
+
+    Attributes
+    ----------
+    theta : ndarray or tuple of ndarray
+        The last iterate.
+    loss : float
+        Upper loss at ``theta``.
+    history : dict of lists
+        Per outer step: ``loss``, ``theta``, ``grad_norm``, ``inner_iterations``, ``time``.
+    strategy : str
+        The strategy used.
+    """
+
+    theta: object
+    loss: float
+    strategy: str
+    history: dict = field(default_factory=dict)
+
+    @property
+    def n_steps(self):
+        """Outer steps taken."""
+        return len(self.history.get("loss", ()))
+
+
+_OPTIMIZERS = {"gd": (torch.optim.SGD, 0.1), "adam": (torch.optim.Adam, 0.1),
+               "lbfgs": (torch.optim.LBFGS, 1.0)}
+
+
+def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=100, lr=None,
+             log_scale=False, progress=True, callback=None):
+    """Minimize ``theta -> L(x*(theta), theta)`` by a first-order outer loop.
+
+    Each outer step warm-starts the inner solve from the previous ``x*`` and the strategy's
+    linear solve from the previous adjoint.
+
+    Parameters
+    ----------
+    problem, loss, theta0
+        As for :func:`hypergradient`; ``theta0`` is the starting point.
+    strategy : Strategy, str or None
+    optimizer : {"gd", "adam", "lbfgs"}
+        ``torch.optim`` SGD, Adam, or L-BFGS with a strong-Wolfe line search.
+    steps : int
+        Outer iterations (L-BFGS: iterations of its outer loop, each may evaluate more).
+    lr : float, optional
+        Learning rate (defaults: 0.1 for gd and adam, 1.0 for lbfgs).
+    log_scale : bool
+        Optimize ``log(theta)``: keeps positive hyperparameters positive.
+    progress : bool
+        Show a tqdm progress bar.
+    callback : callable, optional
+        ``callback(step, theta, loss, grad)``; returning True stops the loop.
+
+    Returns
+    -------
+    MinimizeResult
+    """
+    _check_problem(problem)
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    strat = get_strategy(strategy, problem)
+    check_applicable(strat, problem)
+    start_parts = problem.check_theta(theta0)
+    if log_scale and any(np.any(p <= 0) for p in start_parts):
+        raise ValueError("log_scale=True needs theta0 > 0 everywhere")
+    params = [torch.tensor(np.log(p) if log_scale else p, requires_grad=True)
+              for p in start_parts]
+    cls, default_lr = _OPTIMIZERS[optimizer]
+    kwargs = {"line_search_fn": "strong_wolfe", "max_iter": 1} if optimizer == "lbfgs" else {}
+    opt = cls(params, lr=default_lr if lr is None else lr, **kwargs)
+    history = {"loss": [], "theta": [], "grad_norm": [], "inner_iterations": [], "time": []}
+    state = {"init": None, "warm_start": None}
+    begin = time.perf_counter()
+
+    def current_theta():
+        values = tuple(np.exp(p.detach().numpy()) if log_scale else p.detach().numpy().copy()
+                       for p in params)
+        return like_structure(values, theta0)
+
+    def closure():
+        opt.zero_grad()
+        theta = current_theta()
+        value, grad, info = hypergradient(problem, loss, theta, strat, init=state["init"],
+                                          warm_start=state["warm_start"],
+                                          log_scale=log_scale, return_info=True)
+        state.update(init=info["solution"].x, warm_start=info.get("warm_start"),
+                     value=value, grad=grad, theta=theta, n_iter=info["solution"].n_iter)
+        for p, g in zip(params, as_tuple(grad)):
+            p.grad = torch.as_tensor(np.asarray(g, dtype=np.float64)).reshape(p.shape)
+        return torch.tensor(value)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(steps), disable=not progress, desc=f"minimize ({strat.name})")
+    for step in bar:
+        opt.step(closure)
+        grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in as_tuple(state["grad"]))))
+        history["loss"].append(state["value"])
+        history["theta"].append(state["theta"])
+        history["grad_norm"].append(grad_norm)
+        history["inner_iterations"].append(state["n_iter"])
+        history["time"].append(time.perf_counter() - begin)
+        bar.set_postfix(loss=f"{state['value']:.4g}", grad=f"{grad_norm:.2g}")
+        if callback is not None and callback(step, state["theta"], state["value"],
+                                             state["grad"]):
+            break
+    theta = current_theta()
+    value, _ = _loss_terms(loss, problem.solve(theta, init=state["init"]).x, theta)[:2]
+    return MinimizeResult(theta=theta, loss=value, strategy=strat.name, history=history)

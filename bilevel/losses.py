@@ -1,0 +1,123 @@
+"""Ready upper-level losses ``L(x, theta)``.
+
+Each is a callable on torch tensors (what strategies and custom code differentiate) and
+offers ``value_and_grad(x, theta) -> (value, grad_x, grad_theta)`` in NumPy, the fast path
+:func:`bilevel.hypergradient` takes. None depends on theta (``grad_theta`` is None).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bilevel.problems.base import check_array, check_design
+
+__all__ = ["CrossEntropy", "LogisticLoss", "Reconstruction", "SquaredError"]
+
+
+class SquaredError:
+    """Held-out squared error ``||X x - y||^2 / (2m)``.
+
+    Parameters
+    ----------
+    X : ndarray, shape (m, p)
+    y : ndarray, shape (m,)
+    """
+
+    def __init__(self, X, y):
+        self.X, self.y = check_design(X, y)
+        self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
+
+    def __call__(self, x, theta=None):
+        r = self._Xt @ x - self._yt
+        return 0.5 * (r @ r) / r.shape[0]
+
+    def value_and_grad(self, x, theta=None):
+        """``(L, X^T (Xx - y) / m, None)``."""
+        r = self.X @ x - self.y
+        m = r.shape[0]
+        return 0.5 * float(r @ r) / m, self.X.T @ r / m, None
+
+
+class LogisticLoss:
+    """Held-out logistic loss ``mean log(1 + exp(-y_i a_i^T x))``, labels in {-1, +1}.
+
+    Parameters
+    ----------
+    X : ndarray, shape (m, p)
+    y : ndarray, shape (m,)
+    """
+
+    def __init__(self, X, y):
+        self.X, self.y = check_design(X, y)
+        if not np.all(np.isin(self.y, (-1.0, 1.0))):
+            raise ValueError("y must hold labels in {-1, +1}; map 0/1 labels with 2 * y - 1")
+        self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
+
+    def __call__(self, x, theta=None):
+        return torch.nn.functional.softplus(-self._yt * (self._Xt @ x)).mean()
+
+    def value_and_grad(self, x, theta=None):
+        """``(L, -X^T (y sigmoid(-y Xx)) / m, None)``."""
+        margins = self.y * (self.X @ x)
+        value = float(np.mean(np.logaddexp(0.0, -margins)))
+        r = -self.y / (1.0 + np.exp(margins))
+        return value, self.X.T @ r / margins.shape[0], None
+
+
+class CrossEntropy:
+    """Multinomial cross-entropy ``-mean_i log softmax(a_i^T W)_{c_i}`` of a model W (p, k).
+
+    Parameters
+    ----------
+    X : ndarray, shape (m, p)
+    Y : ndarray, shape (m,) of integer classes in [0, k), or (m, k) one-hot / probabilities
+    """
+
+    def __init__(self, X, Y):
+        self.X = np.ascontiguousarray(check_array(X, "X", ndim=2))
+        Y = np.asarray(Y)
+        if Y.ndim == 1:
+            if not np.issubdtype(Y.dtype, np.integer) or Y.min() < 0:
+                raise ValueError("Y of shape (m,) must hold integer classes >= 0")
+            Y = np.eye(int(Y.max()) + 1)[Y]
+        self.Y = check_array(Y, "Y", ndim=2)
+        if self.Y.shape[0] != self.X.shape[0]:
+            raise ValueError(f"X has {self.X.shape[0]} rows but Y has {self.Y.shape[0]}")
+        self._Xt, self._Yt = torch.from_numpy(self.X), torch.from_numpy(self.Y)
+
+    def __call__(self, x, theta=None):
+        logits = self._Xt @ x.reshape(self.X.shape[1], -1)
+        return -(self._Yt * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+    def value_and_grad(self, x, theta=None):
+        """``(L, X^T (softmax(XW) - Y) / m, None)``, the gradient shaped like x."""
+        logits = self.X @ x.reshape(self.X.shape[1], -1)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        m = logits.shape[0]
+        value = -float((self.Y * log_p).sum()) / m
+        grad = self.X.T @ (np.exp(log_p) * self.Y.sum(axis=1, keepdims=True) - self.Y) / m
+        return value, grad.reshape(x.shape), None
+
+
+class Reconstruction:
+    """``||x - target||^2 / 2``.
+
+    Parameters
+    ----------
+    target : ndarray, shaped like x
+    """
+
+    def __init__(self, target):
+        self.target = check_array(target, "target")
+        self._target_t = torch.from_numpy(self.target)
+
+    def __call__(self, x, theta=None):
+        d = x - self._target_t
+        return 0.5 * (d * d).sum()
+
+    def value_and_grad(self, x, theta=None):
+        """``(L, x - target, None)``."""
+        d = x - self.target
+        return 0.5 * float((d * d).sum()), d, None

@@ -1,0 +1,8 @@
+"""Lower-level problems: energies with the structure strategies exploit."""
+
+from bilevel.problems.base import Problem
+from bilevel.problems.logistic import LogisticRegression
+from bilevel.problems.quadratic import Ridge
+from bilevel.problems.smooth import Smooth
+
+__all__ = ["LogisticRegression", "Problem", "Ridge", "Smooth"]

@@ -1,0 +1,111 @@
+"""Ridge regression.
+
+.. math:: x^*(\\lambda) = \\arg\\min_x \\frac{1}{2n}\\|Xx - y\\|^2 + \\frac12\\sum_j \\lambda_j x_j^2
+
+with ``lam`` a scalar or one weight per feature. Closed-form Jacobian:
+``dx*/dlam_j = -H^{-1} e_j x*_j`` with ``H = X^T X / n + diag(lam)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from bilevel._registry import register_problem
+from bilevel._types import as_tuple
+from bilevel.problems.base import Problem, check_design, check_nonnegative
+
+__all__ = ["Ridge"]
+
+
+@register_problem
+class Ridge(Problem):
+    """Ridge regression ``||Xx - y||^2/(2n) + (lam/2)||x||^2``; theta is ``lam``.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p)
+        Design matrix.
+    y : ndarray, shape (n,)
+        Targets.
+
+    Notes
+    -----
+    ``lam`` is a scalar or an array of shape (p,) (one weight per feature), ``>= 0``;
+    ``X^T X / n + diag(lam)`` must be positive definite.
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> X = np.eye(3); y = np.array([1.0, 2.0, 3.0])
+    >>> bl.problems.Ridge(X, y).solve(1.0 / 3).x   # (1/3 + 1/3) x = y / 3
+    array([0.5, 1. , 1.5])
+    """
+
+    name = "ridge"
+    capabilities = frozenset({"optimality", "step", "energy", "analytic_vjp"})
+
+    def __init__(self, X, y):
+        self.X, self.y = check_design(X, y)
+        n, p = self.X.shape
+        self._Xt = torch.from_numpy(self.X)
+        self._yt = torch.from_numpy(self.y)
+        self._gram = self.X.T @ self.X / n
+        self._smax = float(np.linalg.eigvalsh(self._gram)[-1])
+
+    def check_theta(self, theta):
+        """``lam``: a scalar or shape (p,), finite and >= 0."""
+        if isinstance(theta, (tuple, list)):
+            if len(theta) != 1:
+                raise ValueError(f"Ridge has one hyperparameter (lam), got {len(theta)}")
+            theta = theta[0]
+        p = self.X.shape[1]
+        return (check_nonnegative(theta, "lam", shapes=((), (p,))),)
+
+    def init(self, parts):
+        """Zeros."""
+        return np.zeros(self.X.shape[1])
+
+    def _solve(self, theta, x0):
+        from bilevel.solvers import ridge_cholesky
+
+        lam = np.broadcast_to(as_tuple(theta)[0], (self.X.shape[1],)).copy()
+        x, n_iter, residual = ridge_cholesky(self.X, self.y, lam)
+        if n_iter == 0:
+            raise ValueError("X^T X / n + diag(lam) is singular: increase lam (it must be > 0 "
+                             "when X has more columns than rows or collinear columns)")
+        return x, n_iter, residual
+
+    # torch maps -----------------------------------------------------------------------
+    def energy(self, x, theta):
+        """``||Xx - y||^2/(2n) + sum(lam x^2)/2``."""
+        r = self._Xt @ x - self._yt
+        return 0.5 * (r @ r) / r.shape[0] + 0.5 * torch.sum(as_tuple(theta)[0] * x * x)
+
+    def optimality(self, x, theta):
+        """``X^T (Xx - y) / n + lam * x``."""
+        return self._Xt.T @ (self._Xt @ x - self._yt) / self.X.shape[0] + as_tuple(theta)[0] * x
+
+    def step(self, x, theta):
+        """Gradient step ``x - F(x) / L`` with ``L = sigma_max(X^T X / n) + max(lam)``."""
+        lipschitz = self._smax + float(as_tuple(theta)[0].detach().max())
+        return x - self.optimality(x, theta) / lipschitz
+
+    # numpy fast paths -----------------------------------------------------------------
+    def hessian(self, solution):
+        """``X^T X / n + diag(lam)``."""
+        H = self._gram.copy()
+        H[np.diag_indices_from(H)] += self.parts(solution)[0]
+        return H
+
+    def optimality_theta_vjp(self, solution, u):
+        """``(dF/dlam)^T u = x * u``, summed for a scalar lam; a tuple over theta."""
+        lam = self.parts(solution)[0]
+        g = solution.x * u
+        return (np.asarray(g.sum()) if lam.ndim == 0 else g,)
+
+    def analytic_vjp(self, solution, v):
+        """``-x* . H^{-1} v`` (per feature, summed for a scalar lam) by Cholesky."""
+        u = scipy.linalg.cho_solve(scipy.linalg.cho_factor(self.hessian(solution)), v)
+        return self.optimality_theta_vjp(solution, -u)

@@ -1,0 +1,65 @@
+"""The strategy interface and the torch plumbing strategies share.
+
+A strategy computes the VJP of the solution map, ``(dx*/dtheta)^T v``, at a solved
+:class:`~bilevel.Solution`. It is a frozen dataclass: knobs as fields, a ``name``, the
+problem capabilities it ``requires``, and one method
+``vjp(problem, solution, v, warm_start=None) -> (grad_theta, info)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from bilevel._types import ConvergenceWarning, as_tuple, like_structure
+
+__all__ = ["Strategy", "grads_to_numpy", "theta_tensors", "warn_if_unconverged"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Base class: subclasses set ``name``, ``requires`` and implement ``vjp``.
+
+    ``budget_field`` names the knob that bounds the work (iterations, steps, terms) of an
+    iterative strategy, so that :func:`bilevel.compare` can trace error against it.
+    """
+
+    name: ClassVar[str] = "strategy"
+    requires: ClassVar[frozenset] = frozenset()
+    budget_field: ClassVar[str | None] = None
+
+    def vjp(self, problem, solution, v, warm_start=None):
+        """Return ``((dx*/dtheta)^T v, info)``, the gradient in theta's structure.
+
+        ``warm_start`` is a previous call's ``info["warm_start"]`` (an adjoint), which
+        strategies that solve a linear system use as their starting point.
+        """
+        raise NotImplementedError
+
+
+def theta_tensors(theta, requires_grad=False):
+    """Float64 tensors for theta: ``(tuple_of_tensors, structured)``."""
+    parts = tuple(torch.tensor(np.asarray(t, dtype=np.float64), requires_grad=requires_grad)
+                  for t in as_tuple(theta))
+    return parts, like_structure(parts, theta)
+
+
+def grads_to_numpy(grads, parts, theta):
+    """Autograd results (None where theta does not enter) as arrays in theta's structure."""
+    out = tuple(np.zeros(p.shape) if g is None else g.detach().numpy().copy()
+                for g, p in zip(grads, parts))
+    return like_structure(out, theta)
+
+
+def warn_if_unconverged(strategy, solution):
+    """Warn that differentiating at an inexact ``x*`` gives an inexact hypergradient."""
+    if not solution.converged:
+        warnings.warn(
+            f"{strategy.name}: the lower-level solution did not converge (residual "
+            f"{solution.info.get('residual', float('nan')):.1e}); the hypergradient is only as "
+            "accurate as x*. Tighten the problem's tol or raise max_iter.",
+            ConvergenceWarning, stacklevel=3)

@@ -1,0 +1,104 @@
+"""Fixed-point differentiation at ``x* = T(x*, theta)``.
+
+.. math:: (dx^*/d\\theta)^\\top v = (d_\\theta T)^\\top u, \\qquad (I - d_x T)^\\top u = v,
+
+with ``u`` from the truncated Neumann series ``sum_{k<n} (d_x T^T)^k v`` (exact as
+``n -> inf`` when ``T`` contracts) or from a GMRES solve.
+
+References
+----------
+Lorraine, Vicol, Duvenaud, "Optimizing Millions of Hyperparameters by Implicit
+Differentiation", AISTATS 2020 (Neumann series).
+Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bilevel._registry import check_applicable, register_strategy
+from bilevel.linalg import solve
+from bilevel.strategies.base import Strategy, grads_to_numpy, theta_tensors, warn_if_unconverged
+
+__all__ = ["FixedPoint"]
+
+
+@register_strategy
+@dataclass(frozen=True)
+class FixedPoint(Strategy):
+    """Differentiate the fixed point of the problem's ``step`` map at ``x*``.
+
+    Parameters
+    ----------
+    method : {"neumann", "gmres"}
+        "neumann": ``n_terms`` terms of the Neumann series (a VJP of ``T`` each; error
+        ``~ rho^n_terms`` with ``rho`` the contraction rate of ``T``). "gmres": Krylov solve
+        of ``(I - d_x T)^T u = v`` to ``tol``.
+    n_terms : int
+        Series terms (``method="neumann"``).
+    tol : float
+        Relative residual tolerance (``method="gmres"``).
+    maxiter : int, optional
+        GMRES iteration cap.
+
+    Notes
+    -----
+    ``info`` has ``iterations`` (VJPs of ``T``), ``residual`` (the norm of the last series
+    term relative to ``||v||``, or GMRES's relative residual), ``time`` and ``warm_start``
+    (the adjoint ``u``; GMRES starts from it when passed back).
+    """
+
+    name = "fixed_point"
+    requires = frozenset({"step"})
+    budget_field = "n_terms"
+
+    method: str = "gmres"
+    n_terms: int = 100
+    tol: float = 1e-10
+    maxiter: int | None = None
+
+    def __post_init__(self):
+        if self.method not in ("neumann", "gmres"):
+            raise ValueError(f"method must be 'neumann' or 'gmres', got {self.method!r}")
+        if self.n_terms < 1:
+            raise ValueError(f"n_terms must be >= 1, got {self.n_terms}")
+        if not (self.tol > 0):
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+
+    def vjp(self, problem, solution, v, warm_start=None):
+        """``(d_theta T)^T u`` with ``(I - d_x T)^T u = v``; see the class docstring."""
+        check_applicable(self, problem)
+        warn_if_unconverged(self, solution)
+        start = time.perf_counter()
+        shape = solution.x.shape
+        parts, theta = theta_tensors(solution.theta, requires_grad=True)
+        x_t = torch.tensor(solution.x, requires_grad=True)
+        with torch.enable_grad():
+            T = problem.step(x_t, theta)
+
+        def jt(w):  # (d_x T)^T w
+            w_t = torch.from_numpy(w.reshape(shape))
+            return torch.autograd.grad(T, x_t, w_t, retain_graph=True)[0].numpy().ravel()
+
+        b = np.asarray(v, dtype=np.float64).ravel()
+        if self.method == "neumann":
+            u, term = b.copy(), b
+            for _ in range(self.n_terms - 1):
+                term = jt(term)
+                u += term
+            iterations = self.n_terms - 1
+            residual = float(np.linalg.norm(term) / max(np.linalg.norm(b), 1e-300))
+        else:
+            x0 = None if warm_start is None else np.asarray(warm_start, np.float64).ravel()
+            u, linfo = solve(lambda w: w - jt(w), b, method="gmres", tol=self.tol,
+                             maxiter=self.maxiter, x0=x0)
+            iterations, residual = linfo["iterations"], linfo["residual"]
+        grads = torch.autograd.grad(T, parts, torch.from_numpy(u.reshape(shape)),
+                                    allow_unused=True)
+        info = {"iterations": iterations, "residual": residual, "method": self.method,
+                "warm_start": u.reshape(shape), "time": time.perf_counter() - start}
+        return grads_to_numpy(grads, parts, solution.theta), info
