@@ -44,11 +44,6 @@ class Timing:
         """Median seconds per call."""
         return statistics.median(self.times)
 
-    @property
-    def spread(self):
-        """``(min, max)`` seconds per call over the repeats."""
-        return min(self.times), max(self.times)
-
 
 def make_parser(description):
     """An :class:`argparse.ArgumentParser` with the flags every benchmark takes.
@@ -180,7 +175,7 @@ def print_table(title, rows, columns, *, reference="ours", file=None):
     print(title, file=file)
     for k, row in enumerate(table):
         first = row[0].ljust(widths[0])
-        rest = "  ".join(cell.rjust(w) for cell, w in zip(row[1:], widths[1:]))
+        rest = "  ".join(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))
         print(f"  {first}  {rest}", file=file)
         if k == 0:
             print("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)), file=file)

@@ -8,10 +8,10 @@ on scikit-learn's breast-cancer data (569 x 30, split 50/50 with seed 0, standar
 
 - ours: ``bl.hypergradient(prob, loss, lam, strategy="implicit")``: damped Newton in numba,
   then one dense Hessian solve.
-- jaxopt: ``jaxopt.LBFGS`` (tol 1e-10) with its implicit differentiation, the linear
-  system solved by CG (``jaxopt.linear_solve.solve_cg``, tol 1e-12; JAXopt's default,
-  normal-equation CG at tol 1e-5, agrees only to ~1e-4, see ``--quick`` off), under
-  ``jax.jit(jax.value_and_grad(outer))``, float64.
+- jaxopt: ``jaxopt.LBFGS`` (tol 1e-10) with its implicit differentiation, under
+  ``jax.jit(jax.value_and_grad(outer))``, float64. The implicit linear system is solved by
+  CG (``jaxopt.linear_solve.solve_cg``, tol 1e-12): JAXopt's default (CG on the normal
+  equations, tol 1e-5) agrees only to ~1e-4; the full run prints it as a note.
 - scipy: ``scipy.optimize.minimize(method="L-BFGS-B")`` then one dense Hessian solve with
   NumPy, the plain baseline.
 
@@ -33,10 +33,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _harness import format_seconds, make_parser, print_table, time_fresh_process, time_median
 
-from _harness import format_seconds, make_parser, print_table, time_fresh_process, \
-    time_median
-
+PEERS = ("jax", "jaxopt")     # what this benchmark imports beyond bilevel (the bench extra)
 BENCH_DIR = Path(__file__).resolve().parent
 AGREEMENT_RTOL = 1e-6
 FIRST_CALL_GOAL = 5.0        # jaxopt first call / ours first call
@@ -67,29 +66,36 @@ def load_instance():
     return {"Xtr": Xtr, "ytr": ytr, "Xval": Xval, "yval": yval}
 
 
+# Each setup builds one method on the instance and returns ``hypergradient(lam,
+# certificate=False) -> (value, grad)``; with ``certificate=True`` it also returns a line
+# describing the inner solve (and raises if that solve did not converge).
+
 # --- ours -------------------------------------------------------------------------------
-def setup_ours(data, details=None):
-    """``lam -> (value, grad)`` by ``bl.hypergradient``; ``details`` collects solver info."""
+def setup_ours(data):
+    """``bl.hypergradient`` with the implicit strategy."""
     import bilevel as bl
 
     problem = bl.problems.LogisticRegression(data["Xtr"], data["ytr"])
     loss = bl.losses.LogisticLoss(data["Xval"], data["yval"])
 
-    def hypergradient(lam):
+    def hypergradient(lam, certificate=False):
+        if not certificate:
+            value, grad = bl.hypergradient(problem, loss, lam, strategy="implicit")
+            return value, float(grad)
         value, grad, info = bl.hypergradient(problem, loss, lam, strategy="implicit",
                                              return_info=True)
-        if details is not None:
-            sol = info["solution"]
-            details["ours"] = (f"Newton, {sol.n_iter} iterations, "
-                               f"||grad E||_inf = {sol.info['residual']:.1e}")
-        return value, float(grad)
+        sol = info["solution"]
+        if not sol.converged:
+            raise RuntimeError(f"bilevel's inner solve did not converge: {sol.info}")
+        return value, float(grad), (f"Newton, {sol.n_iter} iterations, "
+                                    f"||grad E||_inf = {sol.info['residual']:.1e}")
 
     return hypergradient
 
 
 # --- JAXopt -----------------------------------------------------------------------------
-def setup_jaxopt(data, linear_solve="cg", cache_dir=None, details=None, maxiter=1000):
-    """``lam -> (value, grad)`` by JAXopt's implicit differentiation through ``LBFGS``.
+def setup_jaxopt(data, linear_solve="cg", cache_dir=None, maxiter=1000):
+    """JAXopt's implicit differentiation through ``LBFGS``, under ``jit(value_and_grad)``.
 
     ``linear_solve="cg"`` solves the implicit system by CG at tol 1e-12; ``"default"``
     keeps JAXopt's default (CG on the normal equations, tol 1e-5). ``cache_dir`` turns on
@@ -117,36 +123,30 @@ def setup_jaxopt(data, linear_solve="cg", cache_dir=None, details=None, maxiter=
     solver = jaxopt.LBFGS(energy, tol=1e-10, maxiter=maxiter, implicit_diff_solve=solve)
 
     def outer(lam, Xtr, ytr, Xval, yval):
-        w = solver.run(jnp.zeros(Xtr.shape[1]), lam, Xtr, ytr).params
-        return jnp.mean(jax.nn.softplus(-yval * (Xval @ w)))
+        w, state = solver.run(jnp.zeros(Xtr.shape[1]), lam, Xtr, ytr)
+        loss = jnp.mean(jax.nn.softplus(-yval * (Xval @ w)))
+        return loss, (state.iter_num, state.error)      # aux: the inner solve's certificate
 
     args = tuple(jnp.asarray(data[k]) for k in ("Xtr", "ytr", "Xval", "yval"))
-    value_and_grad = jax.jit(jax.value_and_grad(outer))
+    value_and_grad = jax.jit(jax.value_and_grad(outer, has_aux=True))
 
-    def hypergradient(lam):
-        value, grad = value_and_grad(lam, *args)
-        return float(value), float(grad)       # float() waits for the result
+    def hypergradient(lam, certificate=False):
+        (value, (iters, error)), grad = value_and_grad(lam, *args)
+        value, grad = float(value), float(grad)        # float() waits for the result
+        if not certificate:
+            return value, grad
+        iters, error = int(iters), float(error)
+        if not (error <= solver.tol and iters < maxiter):
+            raise RuntimeError(f"JAXopt LBFGS did not converge: ||grad E||_2 = {error:.1e} "
+                               f"after {iters} iterations")
+        return value, grad, f"LBFGS, {iters} iterations, ||grad E||_2 = {error:.1e}"
 
-    if details is not None:
-        @jax.jit
-        def inner_state(lam, Xtr, ytr):
-            return solver.run(jnp.zeros(Xtr.shape[1]), lam, Xtr, ytr).state
-
-        def describe(lam):
-            state = inner_state(lam, *args[:2])
-            iters, error = int(state.iter_num), float(state.error)
-            if not (error <= solver.tol and iters < maxiter):
-                raise RuntimeError(f"JAXopt LBFGS did not converge: ||grad|| = {error:.1e} "
-                                   f"after {iters} iterations")
-            details["jaxopt"] = f"LBFGS, {iters} iterations, ||grad E||_2 = {error:.1e}"
-
-        details["jaxopt_describe"] = describe
     return hypergradient
 
 
 # --- SciPy ------------------------------------------------------------------------------
-def setup_scipy(data, details=None):
-    """``lam -> (value, grad)``: L-BFGS-B inner solve, then one dense Hessian solve."""
+def setup_scipy(data):
+    """L-BFGS-B inner solve, then one dense Hessian solve in NumPy."""
     import scipy.linalg
     import scipy.optimize
     from scipy.special import expit
@@ -160,10 +160,11 @@ def setup_scipy(data, details=None):
         grad = Xtr.T @ (-ytr * expit(-margins)) / n + lam * w
         return value, grad
 
-    def hypergradient(lam):
+    def hypergradient(lam, certificate=False):
+        # ftol=0: stop on the gradient (or when the energy no longer decreases in float64).
         res = scipy.optimize.minimize(energy_and_grad, np.zeros(Xtr.shape[1]), args=(lam,),
                                       jac=True, method="L-BFGS-B",
-                                      options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 1000})
+                                      options={"gtol": 1e-10, "ftol": 0.0, "maxiter": 1000})
         w = res.x
         s = expit(ytr * (Xtr @ w))
         H = (Xtr * (s * (1.0 - s))[:, None]).T @ Xtr / n + lam * np.eye(w.size)
@@ -171,10 +172,14 @@ def setup_scipy(data, details=None):
         value = float(np.mean(np.logaddexp(0.0, -margins)))
         grad_w = Xval.T @ (-yval * expit(-margins)) / margins.size
         u = scipy.linalg.solve(H, grad_w, assume_a="pos")
-        if details is not None:
-            residual = np.max(np.abs(energy_and_grad(w, lam)[1]))
-            details["scipy"] = f"L-BFGS-B, {res.nit} iterations, ||grad E||_inf = {residual:.1e}"
-        return value, -float(w @ u)           # dL/dlam = -(dF/dlam)^T H^-1 grad L, dF/dlam = w
+        grad = -float(w @ u)          # dL/dlam = -(dF/dlam)^T H^-1 grad_w L with dF/dlam = w
+        if not certificate:
+            return value, grad
+        residual = np.max(np.abs(energy_and_grad(w, lam)[1]))
+        if not residual <= 1e-8:
+            raise RuntimeError(f"L-BFGS-B did not converge: {res.message}, "
+                               f"||grad E||_inf = {residual:.1e}")
+        return value, grad, f"L-BFGS-B, {res.nit} iterations, ||grad E||_inf = {residual:.1e}"
 
     return hypergradient
 
@@ -193,37 +198,29 @@ def main(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--lam", type=float, default=1e-2, help="the L2 penalty (default 0.01)")
     args = parser.parse_args(argv)
-    quick = args.quick
+    quick, lam = args.quick, args.lam
     repeat = args.repeat or (3 if quick else 15)
     number = 3 if quick else 20
     fresh_repeat = args.repeat or (1 if quick else 5)
-    lam = args.lam
 
     data = load_instance()
-    details = {}
-    ours = setup_ours(data, details)
-    jaxopt_ = setup_jaxopt(data, details=details)
-    scipy_ = setup_scipy(data, details)
+    methods = {"ours": setup_ours(data), "jaxopt": setup_jaxopt(data),
+               "scipy": setup_scipy(data)}
     print(f"L2 logistic regression on breast cancer: train {data['Xtr'].shape}, "
           f"validation {data['Xval'].shape}, lam = {lam:g}")
     print(f"Python {sys.version.split()[0]}; {_versions()}")
 
-    # Agreement (and the compilation / warm-up each path needs before the steady state).
+    # Warm-up (numba kernels, JAX compilation) and agreement.
     import bilevel.solvers
 
     bilevel.solvers.warmup()
-    results = {"ours": ours(lam), "jaxopt": jaxopt_(lam), "scipy": scipy_(lam)}
-    details.pop("jaxopt_describe")(lam)
-    print("\nhypergradient dL/dlam (held-out loss value)")
+    results = {name: f(lam, certificate=True) for name, f in methods.items()}
     g_ours = results["ours"][1]
-    worst = 0.0
-    for name, (value, grad) in results.items():
-        rel = abs(grad - g_ours) / abs(g_ours)
-        if name != "ours":
-            worst = max(worst, rel)
-        note = "" if name == "ours" else f"   rel. diff. to ours {rel:.1e}"
-        print(f"  {name:7s} {grad:+.12f}  ({value:.12f})   {details[name]}{note}")
-
+    rel_diff = {name: abs(r[1] - g_ours) / abs(g_ours) for name, r in results.items()}
+    print("\nhypergradient dL/dlam (held-out loss) and the inner solve")
+    for name, (value, grad, certificate) in results.items():
+        note = "" if name == "ours" else f"   rel. diff. to ours {rel_diff[name]:.1e}"
+        print(f"  {name:7s} {grad:+.12f}  ({value:.12f})  {certificate}{note}")
     if not quick:
         default = setup_jaxopt(data, linear_solve="default")
         g_default = default(lam)[1]
@@ -233,44 +230,36 @@ def main(argv=None):
               f"{abs(g_default - g_ours) / abs(g_ours):.1e}, "
               f"{format_seconds(t_default.median)} per call")
 
-    # Steady state.
     steady = {name: time_median(lambda f=f: f(lam), repeat=repeat, number=number)
-              for name, f in (("ours", ours), ("jaxopt", jaxopt_), ("scipy", scipy_))}
+              for name, f in methods.items()}
 
-    # First calls, each in fresh processes.
     tmp = tempfile.mkdtemp(prefix="bench_logistic_")
     try:
         data_path = str(Path(tmp) / "instance.npz")
         np.savez(data_path, **data)
-        fresh = {
-            "ours": first_calls("ours", data_path, lam, repeat=fresh_repeat, prime=True),
-            # JAX compiles in memory: nothing to prime.
-            "jaxopt": first_calls("jaxopt", data_path, lam, repeat=fresh_repeat, prime=False),
-            "scipy": first_calls("scipy", data_path, lam, repeat=fresh_repeat, prime=True),
-        }
+        # Ours loads its numba kernels from the on-disk cache, as after any first run: the
+        # calls above filled it, and a priming run makes sure (skipped in --quick). JAX
+        # compiles in memory and SciPy compiles nothing: nothing to prime.
+        fresh = {name: first_calls(name, data_path, lam, repeat=fresh_repeat,
+                                   prime=name == "ours" and not quick) for name in methods}
         if not quick:
-            fresh["jaxopt_cached"] = first_calls("jaxopt", data_path, lam,
-                                                 repeat=fresh_repeat, prime=True,
-                                                 cache_dir=str(Path(tmp) / "jax_cache"))
+            fresh["jaxopt_cached"] = first_calls(
+                "jaxopt", data_path, lam, repeat=fresh_repeat, prime=True,
+                cache_dir=str(Path(tmp) / "jax_cache"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def row(kind, names=("ours", "jaxopt", "scipy"), jaxopt_key="jaxopt"):
-        out = {n: fresh[n][kind] for n in names if n != "jaxopt"}
-        out["jaxopt"] = fresh[jaxopt_key][kind] if jaxopt_key in fresh else None
-        return out
+    def row(kind, jaxopt_key="jaxopt"):
+        return {"ours": fresh["ours"][kind], "jaxopt": fresh[jaxopt_key][kind],
+                "scipy": fresh["scipy"][kind]}
 
-    rows = [
-        (f"steady state (median of {repeat} x {number})", steady),
-        (f"first call, fresh process (median of {fresh_repeat})", row("first_call")),
-        ("import + first call, fresh process", row("import_and_first_call")),
-    ]
+    rows = [(f"steady state (median of {repeat} x {number} calls)", steady),
+            (f"first call, fresh process (median of {fresh_repeat})", row("first_call")),
+            ("import + first call, fresh process", row("import_and_first_call"))]
     if "jaxopt_cached" in fresh:
-        rows += [
-            ("first call, JAX persistent cache", row("first_call", jaxopt_key="jaxopt_cached")),
-            ("import + first call, JAX pers. cache",
-             row("import_and_first_call", jaxopt_key="jaxopt_cached")),
-        ]
+        rows += [("first call, JAX persistent cache", row("first_call", "jaxopt_cached")),
+                 ("import + first call, JAX pers. cache",
+                  row("import_and_first_call", "jaxopt_cached"))]
     print()
     print_table("time per hypergradient (ratio > 1: ours is faster)", rows,
                 ["ours", "jaxopt", "scipy"])
@@ -280,7 +269,8 @@ def main(argv=None):
 
     ratio_steady = steady["ours"].median / steady["jaxopt"].median
     ratio_first = fresh["jaxopt"]["first_call"].median / fresh["ours"]["first_call"].median
-    print(f"steady state: ours/jaxopt = {ratio_steady:.2f} (below 1: ours is faster)")
+    worst = max(v for k, v in rel_diff.items() if k != "ours")
+    print(f"\nsteady state: ours/jaxopt = {ratio_steady:.2f} (below 1: ours is faster)")
     print(f"first call:   jaxopt/ours = {ratio_first:.1f}x (goal >= {FIRST_CALL_GOAL:g}x: "
           f"{'met' if ratio_first >= FIRST_CALL_GOAL else 'NOT met'})")
     print(f"agreement:    max rel. diff. of the hypergradients = {worst:.1e} "

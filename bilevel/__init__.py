@@ -1,6 +1,7 @@
-"""bilevel: hypergradients of argmin layers by interchangeable strategies.
+r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
 
-.. math:: \\min_\\theta L(x^*(\\theta), \\theta), \\quad x^*(\\theta) \\in \\arg\\min_x E(x, \\theta)
+.. math:: \min_\theta L(x^*(\theta), \theta),
+          \quad x^*(\theta) \in \arg\min_x E(x, \theta)
 """
 
 from bilevel import losses, problems, strategies

@@ -81,7 +81,7 @@ class CompareReport:
         return "\n".join(lines)
 
     def to_markdown(self):
-        """A GitHub-flavoured markdown table with a title line."""
+        """Render as a GitHub-flavoured markdown table with a title line."""
         lines = [f"**{self._title()}**", "", "| " + " | ".join(_COLUMNS) + " |",
                  "|" + "---|" * len(_COLUMNS)]
         lines += ["| " + " | ".join(c) + " |" for c in self._cells()]

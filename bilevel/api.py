@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bilevel._memory import measure_memory
-from bilevel._registry import STRATEGIES, PREFERENCE, check_applicable, get_strategy
+from bilevel._registry import PREFERENCE, STRATEGIES, check_applicable, get_strategy
 from bilevel._report import CompareReport
 from bilevel._types import ConvergenceWarning, NotApplicable, as_tuple, like_structure
 from bilevel.problems.base import check_array

@@ -14,7 +14,7 @@ _TASKS = {"logistic": ("breast_cancer", 1e-2), "ridge": ("diabetes", 1e-1)}
 
 
 def _build(problem, dataset):
-    """A problem on the training split and the validation loss, from a bundled data set."""
+    """Build the problem on the training split and the validation loss of a bundled data set."""
     from bilevel import losses, problems
     from bilevel.datasets import load, split_standardize
 

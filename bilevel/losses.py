@@ -29,6 +29,7 @@ class SquaredError:
         self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
 
     def __call__(self, x, theta=None):
+        """Evaluate on torch tensors."""
         r = self._Xt @ x - self._yt
         return 0.5 * (r @ r) / r.shape[0]
 
@@ -55,6 +56,7 @@ class LogisticLoss:
         self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
 
     def __call__(self, x, theta=None):
+        """Evaluate on torch tensors."""
         return torch.nn.functional.softplus(-self._yt * (self._Xt @ x)).mean()
 
     def value_and_grad(self, x, theta=None):
@@ -87,6 +89,7 @@ class CrossEntropy:
         self._Xt, self._Yt = torch.from_numpy(self.X), torch.from_numpy(self.Y)
 
     def __call__(self, x, theta=None):
+        """Evaluate on torch tensors; x holds W (p, k), possibly flattened."""
         logits = self._Xt @ x.reshape(self.X.shape[1], -1)
         return -(self._Yt * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
@@ -114,6 +117,7 @@ class Reconstruction:
         self._target_t = torch.from_numpy(self.target)
 
     def __call__(self, x, theta=None):
+        """Evaluate on torch tensors."""
         d = x - self._target_t
         return 0.5 * (d * d).sum()
 

@@ -40,7 +40,7 @@ def check_array(value, name, *, ndim=None, shape=None):
 
 
 def check_nonnegative(value, name, *, shapes):
-    """A finite, non-negative hyperparameter of one of the allowed ``shapes``."""
+    """Return a finite, non-negative hyperparameter of one of the allowed ``shapes``."""
     arr = check_array(value, name)
     if arr.shape not in shapes:
         allowed = " or ".join(str(s) for s in shapes)

@@ -1,6 +1,6 @@
-"""Ridge regression.
+r"""Ridge regression.
 
-.. math:: x^*(\\lambda) = \\arg\\min_x \\frac{1}{2n}\\|Xx - y\\|^2 + \\frac12\\sum_j \\lambda_j x_j^2
+.. math:: x^*(\lambda) = \arg\min_x \frac{1}{2n}\|Xx - y\|^2 + \frac12\sum_j \lambda_j x_j^2
 
 with ``lam`` a scalar or one weight per feature. Closed-form Jacobian:
 ``dx*/dlam_j = -H^{-1} e_j x*_j`` with ``H = X^T X / n + diag(lam)``.

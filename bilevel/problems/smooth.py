@@ -1,6 +1,6 @@
-"""User-defined smooth energies written in torch.
+r"""User-defined smooth energies written in torch.
 
-.. math:: x^*(\\theta) = \\arg\\min_x E(x, \\theta)
+.. math:: x^*(\theta) = \arg\min_x E(x, \theta)
 
 solved by SciPy's L-BFGS-B on torch gradients, polished by a few Newton-CG steps on
 torch Hessian-vector products; ``grad_x E`` is the optimality residual
@@ -56,7 +56,7 @@ class Smooth(Problem):
     name = "smooth"
     capabilities = frozenset({"optimality", "energy"})
 
-    def __init__(self, energy, x0, step_size=None, tol=1e-9, max_iter=1000):
+    def __init__(self, energy, x0, step_size=None, tol=1e-11, max_iter=1000):
         if not callable(energy):
             raise TypeError(f"energy must be callable energy(x, theta), got {energy!r}")
         self._energy = energy
@@ -112,7 +112,7 @@ class Smooth(Problem):
 
     # torch maps -----------------------------------------------------------------------
     def energy(self, x, theta):
-        """The user's energy."""
+        """Evaluate the user's energy, checked to be a scalar tensor."""
         value = self._energy(x, theta)
         if not (isinstance(value, torch.Tensor) and value.numel() == 1):
             raise ValueError("energy(x, theta) must return a scalar torch tensor, "

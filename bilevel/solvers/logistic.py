@@ -1,7 +1,7 @@
-"""L2-regularized logistic regression by damped Newton.
+r"""L2-regularized logistic regression by damped Newton.
 
-.. math:: w^* = \\arg\\min_w \\frac1n \\sum_i \\log(1 + e^{-y_i x_i^\\top w})
-          + \\frac{\\lambda}{2}\\|w\\|^2, \\quad y_i \\in \\{-1, +1\\}
+.. math:: w^* = \arg\min_w \frac1n \sum_i \log(1 + e^{-y_i x_i^\top w})
+          + \frac{\lambda}{2}\|w\|^2, \quad y_i \in \{-1, +1\}
 
 Newton direction from the Cholesky factor of ``X^T D X / n + lam I`` and Armijo
 backtracking on the energy; quadratic convergence near ``w*``.

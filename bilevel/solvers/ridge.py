@@ -1,7 +1,7 @@
-"""Ridge regression by a Cholesky solve of the normal equations.
+r"""Ridge regression by a Cholesky solve of the normal equations.
 
-.. math:: w^* = \\arg\\min_w \\frac{1}{2n}\\|Xw - y\\|^2 + \\frac12 \\sum_j \\lambda_j w_j^2
-          \\iff (X^\\top X / n + \\mathrm{diag}(\\lambda)) w^* = X^\\top y / n
+.. math:: w^* = \arg\min_w \frac{1}{2n}\|Xw - y\|^2 + \frac12 \sum_j \lambda_j w_j^2
+          \iff (X^\top X / n + \mathrm{diag}(\lambda)) w^* = X^\top y / n
 """
 
 import numpy as np

@@ -24,7 +24,7 @@ class Analytic(Strategy):
     requires = frozenset({"analytic_vjp"})
 
     def vjp(self, problem, solution, v, warm_start=None):
-        """The problem's closed-form VJP."""
+        """Return the problem's closed-form VJP."""
         check_applicable(self, problem)
         warn_if_unconverged(self, solution)
         start = time.perf_counter()

@@ -1,8 +1,8 @@
-"""Finite differences of the solution map: the reference strategy.
+r"""Finite differences of the solution map: the reference strategy.
 
-.. math:: (dx^*/d\\theta_i)^\\top v \\approx
-          \\frac{-x^*(\\theta + 2h e_i) + 8x^*(\\theta + h e_i) - 8x^*(\\theta - h e_i)
-          + x^*(\\theta - 2h e_i)}{12 h} \\cdot v
+.. math:: (dx^*/d\theta_i)^\top v \approx
+          \frac{-x^*(\theta + 2h e_i) + 8x^*(\theta + h e_i) - 8x^*(\theta - h e_i)
+          + x^*(\theta - 2h e_i)}{12 h} \cdot v
 
 (fourth order; second order is the plain central difference). Cost: 4 (or 2) solves per
 entry of theta, each warm-started from ``x*``.

@@ -1,6 +1,6 @@
-"""Fixed-point differentiation at ``x* = T(x*, theta)``.
+r"""Fixed-point differentiation at ``x* = T(x*, theta)``.
 
-.. math:: (dx^*/d\\theta)^\\top v = (d_\\theta T)^\\top u, \\qquad (I - d_x T)^\\top u = v,
+.. math:: (dx^*/d\theta)^\top v = (d_\theta T)^\top u, \qquad (I - d_x T)^\top u = v,
 
 with ``u`` from the truncated Neumann series ``sum_{k<n} (d_x T^T)^k v`` (exact as
 ``n -> inf`` when ``T`` contracts) or from a GMRES solve.

@@ -1,9 +1,9 @@
-"""Implicit differentiation of the optimality condition.
+r"""Implicit differentiation of the optimality condition.
 
 With ``F(x*(theta), theta) = 0`` the implicit function theorem gives
 ``dx*/dtheta = -(d_x F)^{-1} d_theta F``, hence
 
-.. math:: (dx^*/d\\theta)^\\top v = -(d_\\theta F)^\\top u, \\qquad (d_x F)^\\top u = v.
+.. math:: (dx^*/d\theta)^\top v = -(d_\theta F)^\top u, \qquad (d_x F)^\top u = v.
 
 References
 ----------

@@ -1,0 +1,55 @@
+"""The bilevel command and the bundled data sets."""
+
+import numpy as np
+import pytest
+
+from bilevel.cli import main
+from bilevel.datasets import load, split_standardize
+
+
+def test_compare_prints_every_strategy(capsys):
+    assert main(["compare", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "log(theta)" in out and "reference finite_difference" in out
+    for name in ("implicit", "fixed_point", "unroll", "finite_difference"):
+        assert f"\n{name} " in out
+    assert "skipped: needs analytic_vjp" in out
+
+
+def test_compare_json_ridge(capsys):
+    import json
+
+    assert main(["compare", "--problem", "ridge", "--repeat", "1", "--format", "json",
+                 "--strategies", "implicit,analytic"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["strategy"] for r in data["rows"]] == ["implicit", "analytic"]
+    assert data["rows"][0]["error"] < 1e-10
+
+
+def test_minimize_and_list(capsys):
+    assert main(["minimize", "--steps", "3", "--quiet"]) == 0
+    assert "validation loss" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "problem"
+    ridge = next(line for line in lines if line.startswith("ridge"))
+    assert ridge.split()[1:] == ["yes"] * 5
+
+
+def test_bundled_data_match_scikit_learn():
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+
+    X, y = load("breast_cancer")
+    ref = load_breast_cancer()
+    np.testing.assert_array_equal(X, ref.data)
+    np.testing.assert_array_equal(y, 2.0 * ref.target - 1.0)
+    X, y = load("diabetes")
+    ref = load_diabetes(scaled=False)
+    np.testing.assert_allclose(X, ref.data)
+    np.testing.assert_allclose(y, ref.target)
+    Xt, yt, Xv, yv = split_standardize(X, y)
+    assert Xt.shape[0] + Xv.shape[0] == 442
+    np.testing.assert_allclose(Xt.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(Xt.std(axis=0), 1, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load("mnist")

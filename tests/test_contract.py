@@ -1,0 +1,76 @@
+"""The API promises, walked over the registry: every applicable (problem, strategy) pair
+returns theta's structure, float64, finite, and agrees with the generic implicit VJP."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import bilevel as bl
+from bilevel._registry import PROBLEMS, STRATEGIES, applicable_strategies
+from bilevel.testing import regression_data
+
+X, Y = regression_data(30, 3, seed=4)
+
+
+def quadratic(x, t):
+    return 0.5 * (x @ x) * t[0] - t[1] @ x + 0.1 * (x**4).sum()
+
+
+INSTANCES = {
+    "ridge-scalar": (bl.problems.Ridge(X, Y), np.asarray(0.2)),
+    "ridge-vector": (bl.problems.Ridge(X, Y), np.array([0.1, 0.2, 0.3])),
+    "logistic": (bl.problems.LogisticRegression(X, np.sign(Y)), np.asarray(0.05)),
+    # tol 1e-12 (Newton-polished): finite differences divide solver error by h ~ 7e-4.
+    "smooth-tuple": (bl.problems.Smooth(quadratic, np.zeros(3), step_size=0.2, tol=1e-12),
+                     (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))),
+}
+PAIRS = [(k, s) for k, (p, _) in INSTANCES.items() for s in applicable_strategies(p)]
+
+
+def test_registry_covers_every_class():
+    assert set(PROBLEMS) == {"ridge", "logistic", "smooth"}
+    assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
+                               "finite_difference"}
+    assert {k.split("-")[0] for k in INSTANCES} == set(PROBLEMS)
+
+
+@pytest.mark.parametrize("key, name", PAIRS)
+def test_vjp_contract_and_agreement_with_implicit(key, name):
+    problem, theta = INSTANCES[key]
+    v = np.linspace(-1, 1, 3)
+    strategy = STRATEGIES[name]() if name != "unroll" else bl.strategies.Unroll(n_steps=2000)
+    g, info = bl.vjp(problem, theta, v, strategy, return_info=True)
+    g_ref = bl.vjp(problem, theta, v, "implicit")
+    assert isinstance(g, tuple) == isinstance(theta, tuple)
+    for part, ref, t in zip(*(x if isinstance(x, tuple) else (x,) for x in (g, g_ref, theta))):
+        assert part.shape == np.shape(t) and part.dtype == np.float64
+        assert np.all(np.isfinite(part))
+        # Exact strategies to round-off; FD to ~1e-9; unroll after 2000 contracting steps.
+        np.testing.assert_allclose(part, ref, rtol=1e-6, atol=1e-10)
+    assert info["strategy"] == name and "time" in info and "iterations" in info
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_not_applicable_text(name):
+    class Empty(bl.problems.Problem):
+        name = "empty"
+
+    cls = STRATEGIES[name]
+    if not cls.requires:
+        pytest.skip(f"{name} requires nothing")
+    with pytest.raises(bl.NotApplicable) as exc:
+        cls().vjp(Empty(), None, None)
+    text = str(exc.value)
+    assert name in text and all(c in text for c in cls.requires)
+    assert "finite_difference" in text                  # always names what would work
+
+
+def test_public_names_are_documented():
+    modules = [bl, bl.problems, bl.strategies, bl.losses, bl.testing]
+    for module in modules:
+        assert module.__doc__, module.__name__
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
