@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from bilevel._autograd import pullback
 from bilevel._memory import measure_memory
 from bilevel._registry import PREFERENCE, STRATEGIES, check_applicable, get_strategy
 from bilevel._report import CompareReport
@@ -45,11 +46,9 @@ def _loss_terms(loss, x, theta):
         if not (isinstance(out, torch.Tensor) and out.numel() == 1):
             raise ValueError("loss(x, theta) must return a scalar torch tensor, "
                              f"got {type(out).__name__} {getattr(out, 'shape', '')}")
-        grads = torch.autograd.grad(out.reshape(()), (x_t, *parts), allow_unused=True)
+        gx, *grads = pullback(out, (x_t, *parts), np.ones(out.shape))
         value = float(out.detach())
-        gx = np.zeros_like(x) if grads[0] is None else grads[0].numpy()
-        gtheta = like_structure(tuple(np.zeros(np.shape(p)) if g is None else g.numpy()
-                                      for g, p in zip(grads[1:], parts)), theta)
+        gtheta = like_structure(tuple(grads), theta)
     if not (np.isfinite(value) and np.all(np.isfinite(gx))):
         raise ValueError(f"loss or its gradient is not finite at x* (loss={value}); "
                          "check the loss and the data")
@@ -186,9 +185,7 @@ def value_gradient(problem, theta, *, init=None):
                   for t in as_tuple(sol.theta))
     with torch.enable_grad():
         value = problem.energy(torch.from_numpy(sol.x), like_structure(parts, sol.theta))
-    grads = torch.autograd.grad(value, parts, allow_unused=True)
-    grad = like_structure(tuple(np.zeros(np.shape(p)) if g is None else g.numpy()
-                                for g, p in zip(grads, parts)), sol.theta)
+    grad = like_structure(pullback(value, parts, np.ones(())), sol.theta)
     return float(value.detach()), grad
 
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import torch
 
+from bilevel._autograd import pullback
 from bilevel._registry import register_problem
 from bilevel._types import ConvergenceWarning, as_tuple
 from bilevel.problems.base import Problem, check_array
@@ -140,8 +141,7 @@ def _newton_step(problem, x, theta, grad):
         F = problem.optimality(x_t, theta)
 
     def hvp(w):
-        w_t = torch.from_numpy(w.reshape(x.shape))
-        return torch.autograd.grad(F, x_t, w_t, retain_graph=True)[0].numpy().ravel()
+        return pullback(F, (x_t,), w, retain_graph=True)[0].ravel()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)   # the caller checks the residual

@@ -17,7 +17,7 @@ import torch
 
 from bilevel._types import ConvergenceWarning, as_tuple, like_structure
 
-__all__ = ["Strategy", "grads_to_numpy", "theta_tensors", "warn_if_unconverged"]
+__all__ = ["Strategy", "theta_tensors", "warn_if_unconverged"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,6 @@ def theta_tensors(theta, requires_grad=False):
     parts = tuple(torch.tensor(np.asarray(t, dtype=np.float64), requires_grad=requires_grad)
                   for t in as_tuple(theta))
     return parts, like_structure(parts, theta)
-
-
-def grads_to_numpy(grads, parts, theta):
-    """Autograd results (None where theta does not enter) as arrays in theta's structure."""
-    out = tuple(np.zeros(p.shape) if g is None else g.detach().numpy().copy()
-                for g, p in zip(grads, parts))
-    return like_structure(out, theta)
 
 
 def warn_if_unconverged(strategy, solution):

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
+from bilevel._types import like_structure
 from bilevel.linalg import solve
-from bilevel.strategies.base import Strategy, grads_to_numpy, theta_tensors, warn_if_unconverged
+from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
 
 __all__ = ["FixedPoint"]
 
@@ -81,8 +83,7 @@ class FixedPoint(Strategy):
             T = problem.step(x_t, theta)
 
         def jt(w):  # (d_x T)^T w
-            w_t = torch.from_numpy(w.reshape(shape))
-            return torch.autograd.grad(T, x_t, w_t, retain_graph=True)[0].numpy().ravel()
+            return pullback(T, (x_t,), w, retain_graph=True)[0].ravel()
 
         b = np.asarray(v, dtype=np.float64).ravel()
         if self.method == "neumann":
@@ -97,8 +98,6 @@ class FixedPoint(Strategy):
             u, linfo = solve(lambda w: w - jt(w), b, method="gmres", tol=self.tol,
                              maxiter=self.maxiter, x0=x0)
             iterations, residual = linfo["iterations"], linfo["residual"]
-        grads = torch.autograd.grad(T, parts, torch.from_numpy(u.reshape(shape)),
-                                    allow_unused=True)
         info = {"iterations": iterations, "residual": residual, "method": self.method,
                 "warm_start": u.reshape(shape), "time": time.perf_counter() - start}
-        return grads_to_numpy(grads, parts, solution.theta), info
+        return like_structure(pullback(T, parts, u), solution.theta), info

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
 from bilevel._types import like_structure
 from bilevel.linalg import METHODS, solve
-from bilevel.strategies.base import Strategy, grads_to_numpy, theta_tensors, warn_if_unconverged
+from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
 
 __all__ = ["Implicit"]
 
@@ -108,14 +109,11 @@ class Implicit(Strategy):
                 F = problem.optimality(x_t, theta)
 
             def matvec(w):  # (d_x F)^T w
-                w_t = torch.from_numpy(w.reshape(x.shape))
-                return torch.autograd.grad(F, x_t, w_t, retain_graph=True)[0].numpy().ravel()
+                return pullback(F, (x_t,), w, retain_graph=True)[0].ravel()
 
             u, linfo = solve(matvec, b, method=method, tol=self.tol, maxiter=self.maxiter,
                              x0=x0, damping=self.damping)
-            u_t = torch.from_numpy(-u.reshape(x.shape))
-            grads = torch.autograd.grad(F, parts, u_t, allow_unused=True)
-            grad = grads_to_numpy(grads, parts, solution.theta)
+            grad = like_structure(pullback(F, parts, -u), solution.theta)
         info = {"iterations": linfo["iterations"], "residual": linfo["residual"],
                 "linear_solver": method, "hvp": "problem" if own else "autograd",
                 "warm_start": u.reshape(x.shape), "time": time.perf_counter() - start}

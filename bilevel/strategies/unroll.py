@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
-from bilevel._types import as_tuple
-from bilevel.strategies.base import Strategy, grads_to_numpy, theta_tensors
+from bilevel._types import as_tuple, like_structure
+from bilevel.strategies.base import Strategy, theta_tensors
 
 __all__ = ["Unroll"]
 
@@ -77,12 +78,11 @@ class Unroll(Strategy):
         with torch.enable_grad():
             for _ in range(n_graph):
                 x = problem.step(x, theta)
-        v_t = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(x.shape))
-        grads = torch.autograd.grad(x, parts, v_t, allow_unused=True) if x.requires_grad \
-            else (None,) * len(parts)
+        grads = pullback(x, parts, v) if x.requires_grad else \
+            tuple(np.zeros(np.shape(p)) for p in parts)
         xn = x.detach().numpy()
         scale = max(np.linalg.norm(solution.x), 1e-300)
         info = {"iterations": self.n_steps, "residual": float(np.linalg.norm(xn - solution.x)
                                                               / scale),
                 "time": time.perf_counter() - begin}
-        return grads_to_numpy(grads, parts, solution.theta), info
+        return like_structure(grads, solution.theta), info
