@@ -10,6 +10,8 @@ backtracking on the energy; quadratic convergence near ``w*``.
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.cholesky import cholesky_solve
+
 __all__ = ["logistic_l2_energy", "logistic_l2_hessian", "newton_logistic_l2",
            "newton_logistic_l2_batched"]
 
@@ -53,26 +55,6 @@ def logistic_l2_hessian(X, y, lam, w):
 
 
 @njit(cache=True)
-def _cholesky_solve(H, g):
-    """Solve ``H d = g`` for symmetric positive definite H (LAPACK potrf, then substitution)."""
-    L = np.linalg.cholesky(H)
-    p = g.shape[0]
-    z = np.empty(p)
-    for i in range(p):
-        t = g[i]
-        for k in range(i):
-            t -= L[i, k] * z[k]
-        z[i] = t / L[i, i]
-    d = np.empty(p)
-    for i in range(p - 1, -1, -1):
-        t = z[i]
-        for k in range(i + 1, p):
-            t -= L[k, i] * d[k]
-        d[i] = t / L[i, i]
-    return d
-
-
-@njit(cache=True)
 def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
     """Minimize the L2-logistic energy from ``w0``.
 
@@ -90,7 +72,9 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
         residual = np.max(np.abs(g))
         if residual <= tol or it == max_iter:
             return w, it, residual
-        direction = _cholesky_solve(logistic_l2_hessian(X, y, lam, w), g)
+        direction, ok = cholesky_solve(logistic_l2_hessian(X, y, lam, w), g)
+        if not ok:          # lam = 0 and a rank-deficient X: no Newton step
+            return w, it, residual
         slope = np.dot(g, direction)
         t = 1.0
         for _ in range(40):

@@ -7,6 +7,8 @@ r"""Ridge regression by a Cholesky solve of the normal equations.
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.cholesky import cholesky_solve
+
 __all__ = ["ridge_cholesky", "ridge_cholesky_batched"]
 
 
@@ -22,33 +24,9 @@ def ridge_cholesky(X, y, lam):
     for j in range(p):
         H[j, j] += lam[j]
     b = X.T @ y / n
-    # Cholesky by hand: numba's np.linalg.cholesky raises on non-PD input, which cannot be
-    # caught inside a jitted function; a zero pivot is reported through n_iter instead.
-    L = np.zeros((p, p))
-    for j in range(p):
-        s = H[j, j]
-        for k in range(j):
-            s -= L[j, k] * L[j, k]
-        if s <= 1e-14 * (abs(H[j, j]) + 1e-300):
-            return np.full(p, np.nan), 0, np.inf
-        L[j, j] = np.sqrt(s)
-        for i in range(j + 1, p):
-            t = H[i, j]
-            for k in range(j):
-                t -= L[i, k] * L[j, k]
-            L[i, j] = t / L[j, j]
-    z = np.empty(p)
-    for i in range(p):
-        t = b[i]
-        for k in range(i):
-            t -= L[i, k] * z[k]
-        z[i] = t / L[i, i]
-    w = np.empty(p)
-    for i in range(p - 1, -1, -1):
-        t = z[i]
-        for k in range(i + 1, p):
-            t -= L[k, i] * w[k]
-        w[i] = t / L[i, i]
+    w, ok = cholesky_solve(H, b)
+    if not ok:
+        return w, 0, np.inf
     residual = np.max(np.abs(H @ w - b))
     return w, 1, residual
 
