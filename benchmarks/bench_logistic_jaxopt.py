@@ -27,6 +27,7 @@ Run: ``python benchmarks/bench_logistic_jaxopt.py [--quick] [--lam 0.01]``.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 import tempfile
@@ -209,6 +210,8 @@ def main(argv=None):
     print(f"L2 logistic regression on breast cancer: train {data['Xtr'].shape}, "
           f"validation {data['Xval'].shape}, lam = {lam:g}")
     print(f"Python {sys.version.split()[0]}; {_versions()}")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' load skews "
+          "timings)")
 
     # Warm-up (numba kernels, JAX compilation) and agreement.
     import bilevel.solvers
