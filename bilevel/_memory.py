@@ -38,8 +38,12 @@ class MemoryReport:
 
 
 @contextmanager
-def measure_memory():
-    """Context manager yielding a :class:`MemoryReport` filled in on exit."""
+def measure_memory(track_graph=True):
+    """Context manager yielding a :class:`MemoryReport` filled in on exit.
+
+    ``track_graph=False`` skips the autograd count (``graph`` stays 0): torch.func
+    transforms refuse the saved-tensor hooks it installs.
+    """
     report = MemoryReport()
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
@@ -47,7 +51,10 @@ def measure_memory():
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(report._pack, lambda t: t):
+        if track_graph:
+            with torch.autograd.graph.saved_tensors_hooks(report._pack, lambda t: t):
+                yield report
+        else:
             yield report
     finally:
         report.traced = max(tracemalloc.get_traced_memory()[1] - base, 0)

@@ -13,6 +13,7 @@ __all__ = [
     "get_strategy",
     "register_problem",
     "register_strategy",
+    "strategy_names",
 ]
 
 STRATEGIES: dict[str, type] = {}
@@ -38,12 +39,16 @@ def _capabilities(problem):
     return frozenset(getattr(problem, "capabilities", ()))
 
 
+def strategy_names():
+    """Return the registered strategy names, in :data:`PREFERENCE` order, then alphabetically."""
+    return [n for n in PREFERENCE if n in STRATEGIES] + sorted(
+        n for n in STRATEGIES if n not in PREFERENCE)
+
+
 def applicable_strategies(problem):
     """Names of registered strategies whose requirements ``problem`` meets, best first."""
     caps = _capabilities(problem)
-    ordered = [n for n in PREFERENCE if n in STRATEGIES]
-    ordered += sorted(n for n in STRATEGIES if n not in PREFERENCE)
-    return [n for n in ordered if STRATEGIES[n].requires <= caps]
+    return [n for n in strategy_names() if STRATEGIES[n].requires <= caps]
 
 
 def check_applicable(strategy, problem):

@@ -30,7 +30,8 @@ class CompareReport:
     log_scale : bool
         Whether gradients are with respect to ``log(theta)``.
     rows : list of dict
-        Per strategy: ``strategy``, ``params``, and either ``skipped`` (the reason) with
+        Per strategy: ``strategy``, ``label`` (name and non-default knobs), ``params``,
+        and either ``skipped`` (the reason) with
         ``missing`` (the capabilities it lacks), or
         ``grad``, ``error``, ``time`` (median seconds), ``peak_bytes``, ``iterations``,
         ``residual`` and, with budgets, ``trace`` (budget, error) pairs.
@@ -56,10 +57,10 @@ class CompareReport:
         out = []
         for row in self.rows:
             if "skipped" in row:
-                out.append((row["strategy"], "skipped: needs " + ", ".join(row["missing"]),
+                out.append((row["label"], "skipped: needs " + ", ".join(row["missing"]),
                             "", "", "", "", ""))
                 continue
-            out.append((row["strategy"], _format_grad(row["grad"]), f"{row['error']:.1e}",
+            out.append((row["label"], _format_grad(row["grad"]), f"{row['error']:.1e}",
                         _format_time(row["time"]), _format_bytes(row["peak_bytes"]),
                         "" if row["iterations"] is None else str(row["iterations"]),
                         _format_float(row["residual"])))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
 from bilevel._autograd import pullback
 from bilevel._memory import measure_memory
-from bilevel._registry import PREFERENCE, STRATEGIES, check_applicable, get_strategy
+from bilevel._registry import STRATEGIES, check_applicable, get_strategy, strategy_names
 from bilevel._report import CompareReport
 from bilevel._types import ConvergenceWarning, NotApplicable, as_tuple, like_structure
 from bilevel.problems.base import check_array
@@ -191,9 +191,7 @@ def value_gradient(problem, theta, *, init=None):
 
 def _resolve_list(strategies):
     if strategies is None:
-        ordered = [n for n in PREFERENCE if n in STRATEGIES]
-        ordered += sorted(n for n in STRATEGIES if n not in PREFERENCE)
-        return [STRATEGIES[n]() for n in ordered]
+        return [STRATEGIES[n]() for n in strategy_names()]
     return [get_strategy(s) for s in strategies]
 
 
@@ -252,7 +250,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
 
     rows = []
     for strat in _resolve_list(strategies):
-        row = {"strategy": strat.name, "params": asdict(strat)}
+        row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
         try:
             check_applicable(strat, problem)
         except NotApplicable as exc:
@@ -263,25 +261,32 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
             start = time.perf_counter()
             g, info = full(strat)
             times.append(time.perf_counter() - start)
-        with measure_memory() as mem:
-            full(strat)
+        try:
+            with measure_memory() as mem:
+                full(strat)
+        except RuntimeError:        # torch.func transforms refuse saved-tensor hooks
+            with measure_memory(track_graph=False) as mem:
+                full(strat)
         row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)], error=error(g),
                    time=float(np.median(times)), peak_bytes=mem.peak,
                    iterations=info.get("iterations"), residual=info.get("residual"))
-        if budgets is not None and strat.budget_field is not None:
-            trace = []
+        if budgets is not None and strat.iterative:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                for b in budgets:
-                    trace.append((int(b), error(full(replace(strat, **{strat.budget_field:
-                                                                       int(b)}))[0])))
-            row["trace"] = trace
+                warnings.simplefilter("ignore", ConvergenceWarning)   # small budgets, by design
+                row["trace"] = [(int(b), error(full(strat.with_budget(b))[0])) for b in budgets]
         rows.append(row)
     return CompareReport(problem=getattr(problem, "name", type(problem).__name__),
                          loss=float(value), reference=ref_strategy.name,
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=float(np.median(solve_times)),
                          log_scale=log_scale, rows=rows)
+
+
+def _label(strat):
+    """Name the strategy, with the knobs that differ from their defaults."""
+    changed = [f"{f.name}={getattr(strat, f.name)!r}" for f in fields(strat)
+               if getattr(strat, f.name) != f.default]
+    return f"{strat.name}({', '.join(changed)})" if changed else strat.name
 
 
 @dataclass
@@ -295,7 +300,9 @@ class MinimizeResult:
     loss : float
         Upper loss at ``theta``.
     history : dict of lists
-        Per outer step: ``loss``, ``theta``, ``grad_norm``, ``inner_iterations``, ``time``.
+        Per outer step, at the iterate the step starts from (``theta[0]`` is ``theta0``):
+        ``loss``, ``theta``, ``grad_norm``, ``inner_iterations``; and ``time`` elapsed at
+        the step's end.
     strategy : str
         The strategy used.
     """
@@ -357,7 +364,9 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     params = [torch.tensor(np.log(p) if log_scale else p, requires_grad=True)
               for p in start_parts]
     cls, default_lr = _OPTIMIZERS[optimizer]
-    kwargs = {"line_search_fn": "strong_wolfe", "max_iter": 1} if optimizer == "lbfgs" else {}
+    # One L-BFGS iteration per outer step, with room for its line search's evaluations.
+    kwargs = ({"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25}
+              if optimizer == "lbfgs" else {})
     opt = cls(params, lr=default_lr if lr is None else lr, **kwargs)
     history = {"loss": [], "theta": [], "grad_norm": [], "inner_iterations": [], "time": []}
     state = {"init": None, "warm_start": None}
@@ -374,8 +383,9 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
         value, grad, info = hypergradient(problem, loss, theta, strat, init=state["init"],
                                           warm_start=state["warm_start"],
                                           log_scale=log_scale, return_info=True)
-        state.update(init=info["solution"].x, warm_start=info.get("warm_start"),
-                     value=value, grad=grad, theta=theta, n_iter=info["solution"].n_iter)
+        state.update(init=info["solution"].x, warm_start=info.get("warm_start"))
+        if "value" not in state:     # the step's first evaluation: at the current iterate
+            state.update(value=value, grad=grad, theta=theta, n_iter=info["solution"].n_iter)
         for p, g in zip(params, as_tuple(grad)):
             p.grad = torch.as_tensor(np.asarray(g, dtype=np.float64)).reshape(p.shape)
         return torch.tensor(value)
@@ -384,6 +394,8 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
 
     bar = tqdm(range(steps), disable=not progress, desc=f"minimize ({strat.name})")
     for step in bar:
+        for key in ("value", "grad", "theta", "n_iter"):
+            state.pop(key, None)
         opt.step(closure)
         grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in as_tuple(state["grad"]))))
         history["loss"].append(state["value"])

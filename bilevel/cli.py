@@ -68,9 +68,9 @@ def _minimize(args):
 
 
 def _list(args):
-    from bilevel._registry import PROBLEMS, STRATEGIES, applicable_strategies
+    from bilevel._registry import PROBLEMS, applicable_strategies, strategy_names
 
-    names = list(STRATEGIES)
+    names = strategy_names()
     width = max(len(p) for p in PROBLEMS) + 2
     print("problem".ljust(width) + "  ".join(names))
     for pname, cls in PROBLEMS.items():

@@ -63,7 +63,7 @@ class LogisticLoss:
         """``(L, -X^T (y sigmoid(-y Xx)) / m, None)``."""
         margins = self.y * (self.X @ x)
         value = float(np.mean(np.logaddexp(0.0, -margins)))
-        r = -self.y / (1.0 + np.exp(margins))
+        r = -self.y * np.exp(-np.logaddexp(0.0, margins))       # -y sigmoid(-margin)
         return value, self.X.T @ r / margins.shape[0], None
 
 

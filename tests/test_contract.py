@@ -74,3 +74,14 @@ def test_public_names_are_documented():
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
                 assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
+
+
+def test_docs_matrix_is_generated_from_the_registry():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "make_matrix.py"
+    out = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, f"docs/matrix.md is stale: run python {script}\n{out.stdout}"

@@ -53,3 +53,18 @@ def test_warm_start_cuts_inner_iterations_and_callback_stops(task):
     assert seen == [0, 1, 2, 3, 4] and result.n_steps == 5
     inner = result.history["inner_iterations"]
     assert max(inner[1:]) < inner[0]                 # warm starts from the previous x*
+
+
+def test_lbfgs_line_search_moves_ridge_to_its_optimum():
+    from bilevel.testing import regression_data
+
+    X, y = regression_data(60, 8, seed=11, noise=4.0)      # noisy: an interior optimum
+    problem, loss = bl.problems.Ridge(X[:30], y[:30]), bl.losses.SquaredError(X[30:], y[30:])
+    f = lambda t: loss.value_and_grad(problem.solve(np.exp(t)).x)[0]  # noqa: E731
+    best = scipy.optimize.minimize_scalar(f, bounds=(np.log(1e-4), np.log(1e2)),
+                                          method="bounded", options={"xatol": 1e-9})
+    result = bl.minimize(problem, loss, 3.0, optimizer="lbfgs", steps=20, log_scale=True,
+                         progress=False)
+    assert result.loss == pytest.approx(best.fun, rel=1e-8)   # flat at the optimum
+    assert np.log(float(result.theta)) == pytest.approx(best.x, abs=1e-4)
+    assert result.history["theta"][0] == pytest.approx(3.0, rel=1e-15)   # starts at theta0

@@ -24,13 +24,14 @@ __all__ = ["Strategy", "theta_tensors", "warn_if_unconverged"]
 class Strategy:
     """Base class: subclasses set ``name``, ``requires`` and implement ``vjp``.
 
-    ``budget_field`` names the knob that bounds the work (iterations, steps, terms) of an
-    iterative strategy, so that :func:`bilevel.compare` can trace error against it.
+    Iterative strategies set ``iterative = True`` and implement ``with_budget(k)``: a copy
+    limited to ``k`` units of work (iterations, steps, terms), so that
+    :func:`bilevel.compare` can trace the error against the work.
     """
 
     name: ClassVar[str] = "strategy"
     requires: ClassVar[frozenset] = frozenset()
-    budget_field: ClassVar[str | None] = None
+    iterative: ClassVar[bool] = False
 
     def vjp(self, problem, solution, v, warm_start=None):
         """Return ``((dx*/dtheta)^T v, info)``, the gradient in theta's structure.
@@ -39,6 +40,10 @@ class Strategy:
         strategies that solve a linear system use as their starting point.
         """
         raise NotImplementedError
+
+    def with_budget(self, budget):
+        """Return a copy of this strategy limited to ``budget`` units of work (iterative ones)."""
+        raise NotImplementedError(f"{self.name} has no iteration budget")
 
 
 def theta_tensors(theta, requires_grad=False):

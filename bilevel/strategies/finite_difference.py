@@ -35,13 +35,14 @@ class FiniteDifference(Strategy):
     order : {2, 4}
         Accuracy order of the central stencil.
     rel_step : float, optional
-        Step relative to ``|theta_i|`` (``h = rel_step * max(|theta_i|, 1e-8)``); the
-        default ``eps^(1/(order+1))`` balances truncation against the solver's error.
+        Step relative to ``|theta_i|`` (``h = rel_step |theta_i|``, or ``rel_step`` at
+        ``theta_i = 0``); the default ``eps^(1/(order+1))`` balances truncation against
+        round-off. Below 0.5, so that the stencil keeps a positive weight positive.
 
     Notes
     -----
-    Exact to ``O(h^order) + O(tol / h)`` for a solver of tolerance ``tol``. Steps are
-    relative, so a positive weight stays positive along the stencil.
+    Exact to ``O(h^order) + O(tol / h)`` for a solver of tolerance ``tol``: problems
+    solved to ~1e-12 or better make it a reference to ~1e-9.
     """
 
     name = "finite_difference"
@@ -53,8 +54,8 @@ class FiniteDifference(Strategy):
     def __post_init__(self):
         if self.order not in _STENCILS:
             raise ValueError(f"order must be 2 or 4, got {self.order}")
-        if self.rel_step is not None and not (0 < self.rel_step < 1):
-            raise ValueError(f"rel_step must be in (0, 1), got {self.rel_step}")
+        if self.rel_step is not None and not (0 < self.rel_step < 0.5):
+            raise ValueError(f"rel_step must be in (0, 0.5), got {self.rel_step}")
 
     def vjp(self, problem, solution, v, warm_start=None):
         """Differences of ``v . x*(theta)`` along each coordinate of theta."""
@@ -67,7 +68,7 @@ class FiniteDifference(Strategy):
         for k, part in enumerate(parts):
             g = np.zeros(part.shape)
             for idx in np.ndindex(part.shape):
-                h = rel * max(abs(part[idx]), 1e-8)
+                h = rel * (abs(part[idx]) if part[idx] != 0 else 1.0)
                 total = 0.0
                 for shift, weight in _STENCILS[self.order]:
                     moved = [p.copy() for p in parts]
@@ -78,6 +79,6 @@ class FiniteDifference(Strategy):
                     n_solves += 1
                 g[idx] = total / h
             grads.append(g)
-        info = {"iterations": n_solves, "residual": float("nan"),
+        info = {"iterations": n_solves, "residual": None,
                 "time": time.perf_counter() - start}
         return like_structure(tuple(grads), solution.theta), info

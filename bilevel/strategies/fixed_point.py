@@ -15,7 +15,7 @@ Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class FixedPoint(Strategy):
 
     name = "fixed_point"
     requires = frozenset({"step"})
-    budget_field = "n_terms"
+    iterative = True
 
     method: str = "gmres"
     n_terms: int = 100
@@ -70,6 +70,12 @@ class FixedPoint(Strategy):
             raise ValueError(f"n_terms must be >= 1, got {self.n_terms}")
         if not (self.tol > 0):
             raise ValueError(f"tol must be > 0, got {self.tol}")
+        if self.maxiter is not None and self.maxiter < 1:
+            raise ValueError(f"maxiter must be >= 1, got {self.maxiter}")
+
+    def with_budget(self, budget):
+        """Truncate the Neumann series to ``budget`` terms."""
+        return replace(self, method="neumann", n_terms=int(budget))
 
     def vjp(self, problem, solution, v, warm_start=None):
         """``(d_theta T)^T u`` with ``(I - d_x T)^T u = v``; see the class docstring."""

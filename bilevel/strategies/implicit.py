@@ -14,7 +14,7 @@ Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class Implicit(Strategy):
 
     name = "implicit"
     requires = frozenset({"optimality"})
-    budget_field = "maxiter"
+    iterative = True
 
     linear_solver: str = "auto"
     tol: float = 1e-10
@@ -81,6 +81,11 @@ class Implicit(Strategy):
             raise ValueError(f"maxiter must be >= 1, got {self.maxiter}")
         if not (self.damping >= 0 and np.isfinite(self.damping)):
             raise ValueError(f"damping must be finite and >= 0, got {self.damping}")
+
+    def with_budget(self, budget):
+        """``budget`` Krylov iterations (CG unless a Krylov solver was chosen)."""
+        solver = "cg" if self.linear_solver in ("auto", "direct") else self.linear_solver
+        return replace(self, linear_solver=solver, maxiter=int(budget))
 
     def vjp(self, problem, solution, v, warm_start=None):
         """``-(d_theta F)^T u`` with ``(d_x F)^T u = v``; see the class docstring."""

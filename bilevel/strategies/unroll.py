@@ -13,7 +13,7 @@ Shaban et al., "Truncated Back-propagation for Bilevel Optimization", AISTATS 20
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class Unroll(Strategy):
 
     name = "unroll"
     requires = frozenset({"step"})
-    budget_field = "n_steps"
+    iterative = True
 
     n_steps: int = 200
     truncate: int | None = None
@@ -63,6 +63,10 @@ class Unroll(Strategy):
             raise ValueError(f"truncate must be >= 1 or None, got {self.truncate}")
         if self.start not in ("init", "solution"):
             raise ValueError(f"start must be 'init' or 'solution', got {self.start!r}")
+
+    def with_budget(self, budget):
+        """``budget`` replayed steps."""
+        return replace(self, n_steps=int(budget))
 
     def vjp(self, problem, solution, v, warm_start=None):
         """VJP of ``x_n(theta)`` after ``n_steps`` steps; see the class docstring."""
