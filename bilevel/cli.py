@@ -94,7 +94,7 @@ def main(argv=None):
     p = sub.add_parser("compare", parents=[common],
                        help="hypergradient of the validation loss by every strategy")
     p.add_argument("--strategies", default="all", help="comma-separated names, or 'all'")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per strategy (median)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per strategy (median)")
     p.add_argument("--linear", action="store_true", help="gradient w.r.t. lam, not log lam")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.add_argument("--plot", metavar="PNG", help="write error-vs-budget plot (needs matplotlib)")
