@@ -85,3 +85,12 @@ def test_docs_matrix_is_generated_from_the_registry():
     out = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, f"docs/matrix.md is stale: run python {script}\n{out.stdout}"
+
+
+def test_check_vjp_fails_on_a_wrong_strategy():
+    from bilevel.testing import check_vjp
+
+    problem, lam = INSTANCES["logistic"]
+    with pytest.raises(AssertionError, match="unroll VJP differs from finite_difference"):
+        check_vjp(problem, lam, bl.strategies.Unroll(n_steps=1))
+    assert check_vjp(problem, lam, "implicit", rtol=1e-7) < 1e-7
