@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from bilevel._types import ConvergenceWarning, Solution, as_tuple, like_structure
+from bilevel._types import ConvergenceWarning, Solution, like_structure
 
 __all__ = ["Problem", "check_array", "check_design", "check_nonnegative"]
 
@@ -102,10 +102,6 @@ class Problem:
                 "or check the data scaling", ConvergenceWarning, stacklevel=2)
         return Solution(x=x, theta=theta, n_iter=int(n_iter),
                         converged=converged, info={"residual": float(residual), "time": elapsed})
-
-    def parts(self, solution):
-        """Theta of a solution as a tuple of arrays."""
-        return as_tuple(solution.theta)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

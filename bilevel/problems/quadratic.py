@@ -96,12 +96,12 @@ class Ridge(Problem):
     def hessian(self, solution):
         """``X^T X / n + diag(lam)``."""
         H = self._gram.copy()
-        H[np.diag_indices_from(H)] += self.parts(solution)[0]
+        H[np.diag_indices_from(H)] += as_tuple(solution.theta)[0]
         return H
 
     def optimality_theta_vjp(self, solution, u):
         """``(dF/dlam)^T u = x * u``, summed for a scalar lam; a tuple over theta."""
-        lam = self.parts(solution)[0]
+        lam = as_tuple(solution.theta)[0]
         g = solution.x * u
         return (np.asarray(g.sum()) if lam.ndim == 0 else g,)
 
