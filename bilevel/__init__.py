@@ -6,12 +6,20 @@ r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
 
 from bilevel import losses, problems, strategies
 from bilevel._report import CompareReport
-from bilevel._types import ConvergenceWarning, NotApplicable, SingularSystemError, Solution
+from bilevel._types import (
+    ConvergenceWarning,
+    DegeneracyWarning,
+    Manifold,
+    NotApplicable,
+    SingularSystemError,
+    Solution,
+)
 from bilevel.api import (
     MinimizeResult,
     compare,
     hypergradient,
     jacobian,
+    jvp,
     minimize,
     value_gradient,
     vjp,
@@ -20,6 +28,7 @@ from bilevel.api import (
 __all__ = [
     "CompareReport",
     "ConvergenceWarning",
+    "DegeneracyWarning",
     "MinimizeResult",
     "NotApplicable",
     "SingularSystemError",
@@ -27,7 +36,9 @@ __all__ = [
     "compare",
     "hypergradient",
     "jacobian",
+    "jvp",
     "losses",
+    "Manifold",
     "minimize",
     "problems",
     "strategies",

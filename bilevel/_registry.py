@@ -20,7 +20,8 @@ STRATEGIES: dict[str, type] = {}
 PROBLEMS: dict[str, type] = {}
 
 # Order in which ``strategy=None`` picks: exact and cheap first, the reference last.
-PREFERENCE = ("analytic", "implicit", "fixed_point", "unroll", "finite_difference")
+PREFERENCE = ("analytic", "partial_smoothness", "implicit", "fixed_point", "unroll",
+              "finite_difference")
 
 
 def register_strategy(cls):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ import numpy as np
 
 __all__ = [
     "ConvergenceWarning",
+    "DegeneracyWarning",
+    "Manifold",
     "NotApplicable",
     "SingularSystemError",
     "Solution",
@@ -30,6 +33,13 @@ class NotApplicable(Exception):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solve stopped before reaching its tolerance."""
+
+
+class DegeneracyWarning(UserWarning):
+    """The active manifold at ``x*`` is unstable: x* may not be differentiable in theta.
+
+    A non-degeneracy condition holds only with a margin at or below tolerance.
+    """
 
 
 class SingularSystemError(np.linalg.LinAlgError, ValueError):
@@ -70,3 +80,44 @@ def as_tuple(theta):
 def like_structure(parts, theta):
     """Return ``parts`` (a tuple) in theta's structure: bare if theta is bare."""
     return tuple(parts) if isinstance(theta, (tuple, list)) else parts[0]
+
+
+@dataclass(frozen=True)
+class Manifold:
+    r"""The active manifold of a partly smooth energy at ``x*``, with restricted derivatives.
+
+    Near a non-degenerate ``theta`` the solution stays on the manifold (Vaiter et al. 2016;
+    Liang, Fadili, Peyre 2014): ``x*(theta) = lift(z*(theta))`` with ``z*`` the minimizer of
+    the smooth restricted energy ``E_M(z, theta)``, so that
+    ``dx*/dtheta = -B H_M^{-1} d_theta grad_z E_M`` with ``B = lift``, ``H_M = grad_z^2 E_M``.
+
+    Attributes
+    ----------
+    kind : str
+        What identifies the manifold ("support", "jump set", ...).
+    dim : int
+        Its dimension ``k`` (the support size for l1 penalties).
+    margin : float
+        Non-degeneracy margin, relative: how far the inactive constraints are from becoming
+        active (for l1: ``min_{j not in S} 1 - |grad_j f| / lam_j``). Must be > 0.
+    restrict, lift : callable
+        ``v -> B^T v`` (x-shaped to ``(k,)``) and ``z -> B z``.
+    solve : callable
+        ``b -> H_M^{-1} b``; raises :class:`SingularSystemError` naming the remedy.
+    theta_vjp : callable
+        ``u -> (d_theta grad_z E_M)^T u``, a tuple over theta.
+    theta_jvp : callable
+        ``dtheta (tuple) -> d_theta grad_z E_M . dtheta``, shape ``(k,)``.
+    info : dict
+        Extra description (``support``, ``signs``, ``margin_index``, ...).
+    """
+
+    kind: str
+    dim: int
+    margin: float
+    restrict: Callable
+    lift: Callable
+    solve: Callable
+    theta_vjp: Callable
+    theta_jvp: Callable
+    info: dict = field(default_factory=dict)

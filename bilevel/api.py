@@ -19,9 +19,9 @@ from bilevel._registry import STRATEGIES, check_applicable, get_strategy, strate
 from bilevel._report import CompareReport
 from bilevel._types import ConvergenceWarning, NotApplicable, as_tuple, like_structure
 from bilevel.problems.base import check_array
-from bilevel.strategies import FiniteDifference
+from bilevel.strategies import FiniteDifference, Strategy
 
-__all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "minimize",
+__all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "jvp", "minimize",
            "value_gradient", "vjp"]
 
 
@@ -92,6 +92,45 @@ def vjp(problem, theta, v, strategy=None, *, init=None, return_info=False):
     grad, info = strat.vjp(problem, sol, v)
     info = {**info, "strategy": strat.name, "solution": sol}
     return (grad, info) if return_info else grad
+
+
+def jvp(problem, theta, dtheta, strategy=None, *, init=None, return_info=False):
+    """Forward mode: ``(dx*/dtheta) dtheta``, shaped like ``x*``.
+
+    Parameters
+    ----------
+    problem : Problem
+    theta : ndarray or tuple of ndarray
+    dtheta : ndarray or tuple of ndarray
+        A tangent direction in theta's structure (a scalar broadcasts over its part).
+    strategy : Strategy, str or None
+        A strategy with a forward mode (``partial_smoothness``, ``finite_difference``);
+        None picks the best applicable one.
+    init : ndarray, optional
+        Warm start of the inner solve.
+    return_info : bool
+        Also return the strategy's info dict, with ``strategy`` and ``solution``.
+    """
+    _check_problem(problem)
+    forward = [n for n in strategy_names()
+               if STRATEGIES[n].jvp is not Strategy.jvp
+               and STRATEGIES[n].requires <= frozenset(getattr(problem, "capabilities", ()))]
+    strat = get_strategy(strategy if strategy is not None else forward[0], problem)
+    if type(strat).jvp is Strategy.jvp:
+        raise NotApplicable(f"strategy {strat.name!r} has no forward mode (jvp); strategies "
+                            f"with one that apply to this problem: {', '.join(forward)}")
+    check_applicable(strat, problem)
+    sol = problem.solve(theta, init=init)
+    parts = as_tuple(sol.theta)
+    dparts = as_tuple(dtheta)
+    if len(dparts) != len(parts):
+        raise ValueError(f"dtheta must have theta's structure ({len(parts)} part(s)), "
+                         f"got {len(dparts)}")
+    dparts = tuple(np.broadcast_to(check_array(d, "dtheta"), np.shape(p)).copy()
+                   for d, p in zip(dparts, parts))
+    dx, info = strat.jvp(problem, sol, like_structure(dparts, sol.theta))
+    info = {**info, "strategy": strat.name, "solution": sol}
+    return (dx, info) if return_info else dx
 
 
 def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=None,

@@ -34,6 +34,9 @@ def _conditional_instances():
         smooth = PROBLEMS["smooth"]
         out.append(("`Smooth(energy, x0, step_size=eta)`",
                     smooth(lambda x, theta: 0.5 * (x * x).sum(), np.zeros(1), step_size=1.0)))
+    if "logistic" in PROBLEMS:
+        out.append(("`LogisticRegression(X, y, penalty=\"l1\")`",
+                    PROBLEMS["logistic"](np.eye(2), np.ones(2), penalty="l1")))
     return out
 
 
@@ -79,12 +82,8 @@ def render():
     if conditional:
         lines += ["", "## Capabilities that depend on constructor arguments", ""]
         for label, inst in conditional:
-            base = type(inst)
-            gained = sorted(set(inst.capabilities) - set(base.capabilities))
-            more = [n for n in applicable_strategies(inst)
-                    if n not in applicable_strategies(base)]
-            lines.append(f"- {label} also offers {_caps(gained)}, so {_join(more)} "
-                         f"{'applies' if len(more) == 1 else 'apply'} too.")
+            lines.append(f"- {label} offers {_caps(inst.capabilities)}, so "
+                         f"{_join(applicable_strategies(inst))} apply.")
     lines.append("")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """The API promises, walked over the registry: every applicable (problem, strategy) pair
-returns theta's structure, float64, finite, and agrees with the generic implicit VJP."""
+returns theta's structure, float64, finite, and agrees with the exact VJP (implicit
+differentiation, or on the active manifold for non-smooth problems)."""
 
 import inspect
 
@@ -21,6 +22,11 @@ INSTANCES = {
     "ridge-scalar": (bl.problems.Ridge(X, Y), np.asarray(0.2)),
     "ridge-vector": (bl.problems.Ridge(X, Y), np.array([0.1, 0.2, 0.3])),
     "logistic": (bl.problems.LogisticRegression(X, np.sign(Y)), np.asarray(0.05)),
+    "logistic-l1": (bl.problems.LogisticRegression(X, np.sign(Y), penalty="l1"),
+                    np.asarray(0.02)),
+    "lasso-scalar": (bl.problems.Lasso(X, Y), np.asarray(0.1)),
+    "lasso-vector": (bl.problems.Lasso(X, Y), np.array([0.1, 0.3, 0.05])),
+    "elastic_net-tuple": (bl.problems.ElasticNet(X, Y), (np.asarray(0.1), np.asarray(0.2))),
     # tol 1e-12 (Newton-polished): finite differences divide solver error by h ~ 7e-4.
     "smooth-tuple": (bl.problems.Smooth(quadratic, np.zeros(3), step_size=0.2, tol=1e-12),
                      (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))),
@@ -29,8 +35,8 @@ PAIRS = [(k, s) for k, (p, _) in INSTANCES.items() for s in applicable_strategie
 
 
 def test_registry_covers_every_class():
-    assert set(PROBLEMS) == {"ridge", "logistic", "smooth"}
-    assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
+    assert set(PROBLEMS) == {"ridge", "logistic", "smooth", "lasso", "elastic_net"}
+    assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll", "partial_smoothness",
                                "finite_difference"}
     assert {k.split("-")[0] for k in INSTANCES} == set(PROBLEMS)
 
@@ -41,7 +47,8 @@ def test_vjp_contract_and_agreement_with_implicit(key, name):
     v = np.linspace(-1, 1, 3)
     strategy = STRATEGIES[name]() if name != "unroll" else bl.strategies.Unroll(n_steps=2000)
     g, info = bl.vjp(problem, theta, v, strategy, return_info=True)
-    g_ref = bl.vjp(problem, theta, v, "implicit")
+    exact = "implicit" if "optimality" in problem.capabilities else "partial_smoothness"
+    g_ref = bl.vjp(problem, theta, v, exact)
     assert isinstance(g, tuple) == isinstance(theta, tuple)
     for part, ref, t in zip(*(x if isinstance(x, tuple) else (x,) for x in (g, g_ref, theta))):
         assert part.shape == np.shape(t) and part.dtype == np.float64

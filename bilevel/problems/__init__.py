@@ -4,5 +4,6 @@ from bilevel.problems.base import Problem
 from bilevel.problems.logistic import LogisticRegression
 from bilevel.problems.quadratic import Ridge
 from bilevel.problems.smooth import Smooth
+from bilevel.problems.sparse import ElasticNet, Lasso
 
-__all__ = ["LogisticRegression", "Problem", "Ridge", "Smooth"]
+__all__ = ["ElasticNet", "Lasso", "LogisticRegression", "Problem", "Ridge", "Smooth"]

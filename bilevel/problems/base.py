@@ -56,9 +56,10 @@ class Problem:
 
     Subclasses set ``name`` and ``capabilities``, implement ``check_theta`` (validation,
     returning a tuple of float64 arrays), ``init`` (default starting point) and
-    ``_solve(theta, x0) -> (x, n_iter, residual)`` (theta validated, in the caller's
-    structure), and the torch maps they declare. Torch maps take ``theta`` in the caller's
-    structure too: a tensor, or a tuple of tensors.
+    ``_solve(theta, x0) -> (x, n_iter, residual[, info])`` (theta validated, in the
+    caller's structure; the optional dict joins ``Solution.info``), and the torch maps they
+    declare. Torch maps take ``theta`` in the caller's structure too: a tensor, or a tuple
+    of tensors.
     ``tol`` is the tolerance on ``residual`` (the inf-norm of the optimality residual).
     """
 
@@ -92,7 +93,7 @@ class Problem:
         if init is not None:
             x0 = check_array(init, "init", shape=x0.shape).copy()
         start = time.perf_counter()
-        x, n_iter, residual = self._solve(theta, x0)
+        x, n_iter, residual, *extra = self._solve(theta, x0)
         elapsed = time.perf_counter() - start
         converged = bool(residual <= self.tol)
         if not converged:
@@ -101,7 +102,8 @@ class Problem:
                 f"> tol={self.tol:.0e} after {n_iter} iterations; raise max_iter, loosen tol, "
                 "or check the data scaling", ConvergenceWarning, stacklevel=2)
         return Solution(x=x, theta=theta, n_iter=int(n_iter),
-                        converged=converged, info={"residual": float(residual), "time": elapsed})
+                        converged=converged,
+                        info={"residual": float(residual), "time": elapsed, **(extra or [{}])[0]})
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -1,7 +1,12 @@
-r"""L2-regularized logistic regression.
+r"""Logistic regression with an l2 or an l1 penalty.
 
 .. math:: x^*(\lambda) = \arg\min_x \frac1n \sum_i \log(1 + e^{-y_i a_i^\top x})
-          + \frac{\lambda}{2}\|x\|^2, \qquad y_i \in \{-1, +1\}
+          + \frac{\lambda}{2}\|x\|^2 \ \text{(l2)} \quad\text{or}\quad
+          + \sum_j \lambda_j |x_j| \ \text{(l1)}, \qquad y_i \in \{-1, +1\}
+
+With the l1 penalty the energy is partly smooth relative to the support ``S`` of ``x*``;
+on it, ``H_S = X_S^T diag(s(1-s)) X_S / n`` (``s = sigmoid(y * Xx)``) and
+``dx*_S/dlam_j = -H_S^{-1} e_j sign(x*_j)``.
 """
 
 from __future__ import annotations
@@ -11,30 +16,38 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import as_tuple
-from bilevel.problems.base import Problem, check_design, check_nonnegative
+from bilevel.problems.base import Problem, check_array, check_nonnegative
+from bilevel.problems.design import Design
+from bilevel.problems.sparse import check_positive, l1_manifold, per_feature, soft_threshold
 
 __all__ = ["LogisticRegression"]
 
 
 @register_problem
 class LogisticRegression(Problem):
-    """Logistic regression with an L2 penalty; theta is ``lam`` (a scalar, >= 0).
+    """Logistic regression with an l2 or l1 penalty; theta is ``lam``.
 
-    Solved by damped Newton (numba). ``lam = 0`` is allowed but has no minimizer on
-    linearly separable data; the solve then reports non-convergence.
+    ``penalty="l2"``: ``lam`` a scalar >= 0, solved by damped Newton (numba). ``lam = 0``
+    is allowed but has no minimizer on linearly separable data; the solve then reports
+    non-convergence. ``penalty="l1"``: ``lam`` > 0, a scalar or one weight per feature,
+    solved by proximal Newton with working sets and a duality-gap stopping rule; matches
+    scikit-learn's ``LogisticRegression(penalty="l1", C=1/(n lam), fit_intercept=False)``.
+    ``Solution.info`` then holds ``support``, ``signs``, ``gap`` and ``polished``, and the
+    problem offers the ``manifold`` capability instead of ``optimality``.
 
     Parameters
     ----------
-    X : ndarray, shape (n, p)
+    X : ndarray, shape (n, p), or scipy.sparse matrix (l1 only)
         Design matrix (standardize columns for a well-conditioned problem).
     y : ndarray, shape (n,)
         Labels in {-1, +1}.
-    penalty : {"l2"}
-        The regularizer; the l1 penalty belongs to the sparse models.
+    penalty : {"l2", "l1"}
+        The regularizer.
     tol : float
-        Tolerance on ``||grad E||_inf``.
+        Tolerance on ``||grad E||_inf`` (l2) or on the duality gap relative to ``log 2``
+        (l1).
     max_iter : int
-        Newton iterations.
+        Newton or proximal Newton iterations.
 
     Examples
     --------
@@ -48,60 +61,132 @@ class LogisticRegression(Problem):
     name = "logistic"
     capabilities = frozenset({"optimality", "step", "energy"})
 
-    def __init__(self, X, y, penalty="l2", tol=1e-10, max_iter=100):
-        if penalty != "l2":
-            raise ValueError(f"penalty must be 'l2', got {penalty!r}")
-        self.X, self.y = check_design(X, y)
+    def __init__(self, X, y, penalty="l2", tol=None, max_iter=None):
+        if penalty not in ("l2", "l1"):
+            raise ValueError(f"penalty must be 'l2' or 'l1', got {penalty!r}")
+        self.design = Design(X)
+        if penalty == "l2" and self.design.sparse:
+            raise ValueError("penalty='l2' needs a dense X (Newton forms X^T D X); "
+                             "pass X.toarray()")
+        self.X = self.design.X
+        n, p = self.design.shape
+        self.y = check_array(y, "y", shape=(n,))
         if not np.all(np.isin(self.y, (-1.0, 1.0))):
             raise ValueError("y must hold labels in {-1, +1}; map 0/1 labels with 2 * y - 1")
+        tol = (1e-10 if penalty == "l2" else 1e-12) if tol is None else tol
+        max_iter = (100 if penalty == "l2" else 1000) if max_iter is None else max_iter
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         self.penalty, self.tol, self.max_iter = penalty, float(tol), int(max_iter)
-        self._Xt = torch.from_numpy(self.X)
+        if penalty == "l1":
+            self.capabilities = frozenset({"step", "energy", "manifold"})
         self._yt = torch.from_numpy(self.y)
-        n = self.X.shape[0]
         # Lipschitz constant of the data term's gradient: sigma_max(X)^2 / (4n).
-        self._data_lipschitz = float(np.linalg.norm(self.X, 2) ** 2 / (4 * n))
+        self._data_lipschitz = self.design.sigma_max() ** 2 / (4 * n)
+
+    def lam_max(self):
+        """Smallest l1 ``lam`` with ``x* = 0``: ``||X^T y||_inf / (2n)``."""
+        if self.penalty != "l1":
+            raise ValueError("lam_max is defined for penalty='l1' (an l2 penalty never "
+                             "makes x* exactly 0)")
+        return float(np.max(np.abs(self.design.rmatvec(self.y))) / (2 * self.y.shape[0]))
 
     def check_theta(self, theta):
-        """``lam``: a finite scalar >= 0."""
+        """``lam``: a finite scalar >= 0 (l2); a scalar or shape (p,), > 0 (l1)."""
         if isinstance(theta, (tuple, list)):
             if len(theta) != 1:
                 raise ValueError(f"LogisticRegression has one hyperparameter (lam), "
                                  f"got {len(theta)}")
             theta = theta[0]
+        if self.penalty == "l1":
+            return (check_positive(theta, "lam", self.design.shape[1]),)
         return (check_nonnegative(theta, "lam", shapes=((),)),)
 
     def init(self, parts):
         """Zeros."""
-        return np.zeros(self.X.shape[1])
+        return np.zeros(self.design.shape[1])
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import newton_logistic_l2
+        lam = as_tuple(theta)[0]
+        if self.penalty == "l2":
+            from bilevel.solvers import newton_logistic_l2
 
-        lam = float(as_tuple(theta)[0])
-        return newton_logistic_l2(self.X, self.y, lam, x0, self.tol, self.max_iter)
+            return newton_logistic_l2(self.X, self.y, float(lam), x0, self.tol, self.max_iter)
+        from bilevel.solvers import logistic_l1_prox_newton
+
+        lam = np.broadcast_to(lam, x0.shape).astype(np.float64)
+        x, n_iter, gap, polished = logistic_l1_prox_newton(
+            *self.design.kernel_args, self.y, lam, x0, self.tol, self.max_iter)
+        support = np.flatnonzero(x)
+        return x, n_iter, gap, {"gap": gap, "support": support, "signs": np.sign(x[support]),
+                                "polished": bool(polished)}
 
     # torch maps -----------------------------------------------------------------------
+    def _data_term(self, x):
+        margins = self._yt * self.design.torch_matvec(x)
+        return torch.nn.functional.softplus(-margins).mean()
+
+    def _data_gradient(self, x):
+        margins = self._yt * self.design.torch_matvec(x)
+        r = -self._yt * torch.sigmoid(-margins)
+        return self.design.torch_rmatvec(r) / self.y.shape[0]
+
     def energy(self, x, theta):
-        """``mean softplus(-y * Xx) + lam/2 ||x||^2``."""
-        margins = self._yt * (self._Xt @ x)
-        return torch.nn.functional.softplus(-margins).mean() + 0.5 * as_tuple(theta)[0] * (x @ x)
+        """``mean softplus(-y * Xx)`` plus ``lam/2 ||x||^2`` (l2) or ``sum(lam |x|)`` (l1)."""
+        lam = as_tuple(theta)[0]
+        if self.penalty == "l1":
+            return self._data_term(x) + torch.sum(lam * torch.abs(x))
+        return self._data_term(x) + 0.5 * lam * (x @ x)
 
     def optimality(self, x, theta):
-        """``-X^T (y * sigmoid(-y * Xx)) / n + lam * x``."""
-        margins = self._yt * (self._Xt @ x)
-        r = -self._yt * torch.sigmoid(-margins)
-        return self._Xt.T @ r / self.X.shape[0] + as_tuple(theta)[0] * x
+        """``-X^T (y * sigmoid(-y * Xx)) / n + lam * x`` (l2 only)."""
+        if self.penalty != "l2":
+            raise AttributeError("the l1 energy is not smooth: it has no optimality residual")
+        return self._data_gradient(x) + as_tuple(theta)[0] * x
 
     def step(self, x, theta):
-        """Gradient step ``x - F(x) / L`` with ``L = sigma_max(X)^2/(4n) + lam``."""
-        lipschitz = self._data_lipschitz + float(as_tuple(theta)[0].detach())
+        """Gradient step (l2) or proximal gradient step (l1).
+
+        l2: ``x - F(x) / L``, ``L = sigma_max(X)^2/(4n) + lam``; l1:
+        ``S(x - grad f(x)/L, lam/L)`` with ``L = sigma_max(X)^2/(4n)``.
+        """
+        lam = as_tuple(theta)[0]
+        if self.penalty == "l1":
+            lipschitz = self._data_lipschitz
+            return soft_threshold(x - self._data_gradient(x) / lipschitz, lam / lipschitz)
+        lipschitz = self._data_lipschitz + float(lam.detach())
         return x - self.optimality(x, theta) / lipschitz
+
+    def manifold(self, solution):
+        """Return the support of ``x*`` with ``H_S = X_S^T diag(s(1-s)) X_S / n`` (l1 only)."""
+        if self.penalty != "l1":
+            raise AttributeError("the l2 energy is smooth: use optimality, not manifold")
+        x = solution.x
+        n = self.y.shape[0]
+        lam_arg = as_tuple(solution.theta)[0]
+        lam = np.broadcast_to(lam_arg, x.shape)
+        margins = self.y * self.design.matvec(x)
+        corr = self.design.rmatvec(self.y / (1.0 + np.exp(margins))) / n
+        s = 1.0 / (1.0 + np.exp(-margins))
+
+        def hessian(support):
+            XS = self.design.columns(support) * np.sqrt(s * (1.0 - s) / n)[:, None]
+            return XS.T @ XS
+
+        def theta_vjp(support, signs, u):
+            g = np.zeros_like(x)
+            g[support] = signs * u
+            return (per_feature(g, lam_arg),)
+
+        def theta_jvp(support, signs, dtheta):
+            return signs * np.broadcast_to(dtheta[0], x.shape)[support]
+
+        return l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp,
+                           "Raise lam for a smaller support, or use finite_difference.")
 
     # numpy fast paths -----------------------------------------------------------------
     def hessian(self, solution):
-        """``X^T diag(s(1-s)) X / n + lam I`` with ``s = sigmoid(y * Xx)``."""
+        """``X^T diag(s(1-s)) X / n + lam I`` with ``s = sigmoid(y * Xx)`` (l2 only)."""
         from bilevel.solvers import logistic_l2_hessian
 
         lam = float(as_tuple(solution.theta)[0])

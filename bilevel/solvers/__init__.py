@@ -4,16 +4,28 @@ Every kernel is ``@njit(cache=True)`` and compiles on first call, never at impor
 :func:`warmup` compiles (or loads from the on-disk cache) each one on a tiny instance.
 """
 
+from bilevel.solvers.coordinate_descent import enet_cd, enet_cd_batched, enet_gap
 from bilevel.solvers.logistic import (
     logistic_l2_energy,
     logistic_l2_hessian,
     newton_logistic_l2,
     newton_logistic_l2_batched,
 )
+from bilevel.solvers.logistic_l1 import (
+    logistic_l1_gap,
+    logistic_l1_prox_newton,
+    logistic_l1_prox_newton_batched,
+)
 from bilevel.solvers.ridge import ridge_cholesky, ridge_cholesky_batched
 
 __all__ = [
     "KERNELS",
+    "enet_cd",
+    "enet_cd_batched",
+    "enet_gap",
+    "logistic_l1_gap",
+    "logistic_l1_prox_newton",
+    "logistic_l1_prox_newton_batched",
     "logistic_l2_energy",
     "logistic_l2_hessian",
     "newton_logistic_l2",
@@ -24,6 +36,12 @@ __all__ = [
 ]
 
 KERNELS = (
+    enet_cd,
+    enet_cd_batched,
+    enet_gap,
+    logistic_l1_gap,
+    logistic_l1_prox_newton,
+    logistic_l1_prox_newton_batched,
     logistic_l2_energy,
     logistic_l2_hessian,
     newton_logistic_l2,
@@ -46,3 +64,14 @@ def warmup():
     newton_logistic_l2_batched(X, y, np.ones(2), np.zeros((2, 2)), 1e-8, 50)
     logistic_l2_energy(X, y, 1.0, w0)
     logistic_l2_hessian(X, y, 1.0, w0)
+    Xt, empty, no_index = np.ascontiguousarray(X.T), np.empty(0), np.empty(0, np.int32)
+    for design in ((Xt, empty, no_index, no_index, False),
+                   (np.empty((0, 0)), X.ravel(order="F"), np.tile(np.arange(3, dtype=np.int32), 2),
+                    np.array([0, 3, 6], dtype=np.int32), True)):
+        lam = np.full(2, 0.1)
+        enet_cd(*design, y, lam, lam, w0, 1e-8, 100)
+        enet_cd_batched(*design, y, lam[None], lam[None], w0[None], 1e-8, 100)
+        enet_gap(w0, y, X.T @ y, y, lam, lam)
+        logistic_l1_prox_newton(*design, y, lam, w0, 1e-8, 50)
+        logistic_l1_prox_newton_batched(*design, y, lam[None], w0[None], 1e-8, 50)
+        logistic_l1_gap(X @ w0, y, lam, w0, X.T @ y)

@@ -41,6 +41,13 @@ class Strategy:
         """
         raise NotImplementedError
 
+    def jvp(self, problem, solution, dtheta):
+        """Forward mode: return ``((dx*/dtheta) dtheta, info)``, shaped like ``x*``.
+
+        Only strategies that override it have a forward mode.
+        """
+        raise NotImplementedError
+
     def with_budget(self, budget):
         """Return a copy of this strategy limited to ``budget`` units of work (iterative ones)."""
         raise NotImplementedError(f"{self.name} has no iteration budget")

@@ -82,3 +82,31 @@ class FiniteDifference(Strategy):
         info = {"iterations": n_solves, "residual": None,
                 "time": time.perf_counter() - start}
         return like_structure(tuple(grads), solution.theta), info
+
+    def jvp(self, problem, solution, dtheta):
+        """Differences of ``x*(theta + t dtheta)`` in ``t``: forward mode, ``order`` solves.
+
+        The step is ``rel_step`` times the smallest ``|theta_i| / |dtheta_i|``, so that no
+        coordinate moves by more than its relative step (a positive lam stays positive).
+        """
+        warn_if_unconverged(self, solution)
+        start = time.perf_counter()
+        rel = self.rel_step or np.finfo(float).eps ** (1 / (self.order + 1))
+        parts = tuple(np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
+        dirs = tuple(np.broadcast_to(np.asarray(d, dtype=np.float64), p.shape)
+                     for d, p in zip(as_tuple(dtheta), parts))
+        ratios = [np.abs(p[d != 0]) / np.abs(d[d != 0]) for p, d in zip(parts, dirs)]
+        ratios = np.concatenate([r.ravel() for r in ratios] + [np.zeros(0)])
+        ratios = ratios[ratios > 0]
+        if not any(np.any(d != 0) for d in dirs):
+            return np.zeros_like(solution.x), {"iterations": 0, "residual": None,
+                                               "time": time.perf_counter() - start}
+        h = rel * (ratios.min() if ratios.size else 1.0)
+        total = np.zeros_like(solution.x)
+        for shift, weight in _STENCILS[self.order]:
+            moved = tuple(p + shift * h * d for p, d in zip(parts, dirs))
+            total += weight * problem.solve(like_structure(moved, solution.theta),
+                                            init=solution.x).x
+        info = {"iterations": len(_STENCILS[self.order]), "residual": None,
+                "time": time.perf_counter() - start}
+        return total / h, info
