@@ -32,7 +32,8 @@ class CompareReport:
     rows : list of dict
         Per strategy: ``strategy``, ``label`` (name and non-default knobs), ``params``,
         and either ``skipped`` (the reason) with
-        ``missing`` (the capabilities it lacks), or
+        ``missing`` (the capabilities it lacks), or ``failed`` (the error it raised, e.g. a
+        singular system), or
         ``grad``, ``error``, ``time`` (median seconds), ``peak_bytes``, ``iterations``,
         ``residual`` and, with budgets, ``trace`` (budget, error) pairs.
     """
@@ -58,6 +59,10 @@ class CompareReport:
         for row in self.rows:
             if "skipped" in row:
                 out.append((row["label"], "skipped: needs " + ", ".join(row["missing"]),
+                            "", "", "", "", ""))
+                continue
+            if "failed" in row:
+                out.append((row["label"], "failed: " + row["failed"].split(":")[0],
                             "", "", "", "", ""))
                 continue
             out.append((row["label"], _format_grad(row["grad"]), f"{row['error']:.1e}",

@@ -103,7 +103,9 @@ class Manifold:
     restrict, lift : callable
         ``v -> B^T v`` (x-shaped to ``(k,)``) and ``z -> B z``.
     solve : callable
-        ``b -> H_M^{-1} b``; raises :class:`SingularSystemError` naming the remedy.
+        ``(b, pinv=False) -> H_M^{-1} b``; on a singular ``H_M`` raises
+        :class:`SingularSystemError` naming the remedy, or with ``pinv`` applies the
+        pseudo-inverse (the minimum-norm derivative).
     theta_vjp : callable
         ``u -> (d_theta grad_z E_M)^T u``, a tuple over theta.
     theta_jvp : callable

@@ -17,7 +17,13 @@ from bilevel._autograd import pullback
 from bilevel._memory import measure_memory
 from bilevel._registry import STRATEGIES, check_applicable, get_strategy, strategy_names
 from bilevel._report import CompareReport
-from bilevel._types import ConvergenceWarning, NotApplicable, as_tuple, like_structure
+from bilevel._types import (
+    ConvergenceWarning,
+    NotApplicable,
+    SingularSystemError,
+    as_tuple,
+    like_structure,
+)
 from bilevel.problems.base import check_array
 from bilevel.strategies import FiniteDifference, Strategy
 
@@ -259,7 +265,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
     -------
     CompareReport
         One row per strategy: hypergradient, relative error, median time, peak memory,
-        iterations, residual, or the reason it was skipped.
+        iterations, residual, or the reason it was skipped or failed.
     """
     _check_problem(problem)
     if repeat < 1:
@@ -296,10 +302,14 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
             rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
             continue
         times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            g, info = full(strat)
-            times.append(time.perf_counter() - start)
+        try:
+            for _ in range(repeat):
+                start = time.perf_counter()
+                g, info = full(strat)
+                times.append(time.perf_counter() - start)
+        except SingularSystemError as exc:
+            rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
+            continue
         try:
             with measure_memory() as mem:
                 full(strat)

@@ -36,8 +36,8 @@ PAIRS = [(k, s) for k, (p, _) in INSTANCES.items() for s in applicable_strategie
 
 def test_registry_covers_every_class():
     assert set(PROBLEMS) == {"ridge", "logistic", "smooth", "lasso", "elastic_net"}
-    assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll", "partial_smoothness",
-                               "finite_difference"}
+    assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
+                               "partial_smoothness", "finite_difference"}
     assert {k.split("-")[0] for k in INSTANCES} == set(PROBLEMS)
 
 

@@ -25,7 +25,8 @@ from bilevel.problems.design import Design
 
 __all__ = ["ElasticNet", "Lasso", "l1_manifold", "soft_threshold"]
 
-# Reciprocal condition number below which a restricted Hessian counts as singular.
+# Reciprocal condition number below which a restricted Hessian counts as singular (and,
+# relative to the largest eigenvalue, the cut-off of its pseudo-inverse).
 _RCOND_MIN = 1e-13
 
 
@@ -74,20 +75,14 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
     else:
         margin, margin_index = np.inf, -1
     k = support.size
+    H = hessian(support) if k else np.zeros((0, 0))
+    factor, rcond = None, 1.0
     if k:
-        H = hessian(support)
         try:
             factor = scipy.linalg.cho_factor(H, lower=False)
             rcond = scipy.linalg.lapack.dpocon(factor[0], np.abs(H).sum(axis=0).max())[0]
         except np.linalg.LinAlgError:
             rcond = 0.0
-        if not rcond > _RCOND_MIN:
-            raise SingularSystemError(
-                f"the Hessian restricted to the support ({k} features) is singular "
-                f"(reciprocal condition {rcond:.1e}): restricted positive definiteness fails, "
-                f"so x* is not a differentiable function of theta. {remedy}")
-    else:
-        factor = None
 
     def restrict(v):
         return np.asarray(v, dtype=np.float64).ravel()[support]
@@ -97,8 +92,19 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         out[support] = z
         return out
 
-    def solve(b):
-        return scipy.linalg.cho_solve(factor, b) if k else np.zeros(0)
+    def solve(b, pinv=False):
+        if not k:
+            return np.zeros(0)
+        if rcond > _RCOND_MIN:
+            return scipy.linalg.cho_solve(factor, b)
+        if not pinv:
+            raise SingularSystemError(
+                f"the Hessian restricted to the support ({k} features) is singular "
+                f"(reciprocal condition {rcond:.1e}): restricted positive definiteness fails "
+                "and x* is not unique (collinear active features). If the upper loss sees x* "
+                "only through predictions X x* with the same column dependencies, "
+                "PartialSmoothness(pinv=True) gives its exact gradient. " + remedy)
+        return scipy.linalg.pinvh(H, atol=0.0, rtol=_RCOND_MIN) @ b
 
     return Manifold(
         kind="support", dim=k, margin=margin, restrict=restrict, lift=lift, solve=solve,

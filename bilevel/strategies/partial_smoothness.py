@@ -49,6 +49,11 @@ class PartialSmoothness(Strategy):
         problem's relative margin (for l1: ``min_{j not in S} 1 - |X_j^T r| / (n lam_j)``)
         is at or below it. Below the threshold a change of theta of about the margin's
         relative size may change the manifold, and the derivative may not exist.
+    pinv : bool
+        On a singular restricted Hessian (collinear active features: ``x*`` not unique),
+        apply its pseudo-inverse instead of raising :class:`~bilevel.SingularSystemError`.
+        Exact for upper losses that see ``x*`` only through ``X' x*`` where ``X'`` has the
+        same column dependencies (validation predictions): ``v`` then lies in the range.
 
     Notes
     -----
@@ -62,6 +67,7 @@ class PartialSmoothness(Strategy):
     requires = frozenset({"manifold"})
 
     margin_tol: float = 1e-6
+    pinv: bool = False
 
     def __post_init__(self):
         if not (self.margin_tol >= 0):
@@ -91,7 +97,7 @@ class PartialSmoothness(Strategy):
         """``-(d_theta grad_M E)^T H_M^{-1} B^T v``; see the module docstring."""
         start = time.perf_counter()
         manifold = self._manifold(problem, solution)
-        u = manifold.solve(manifold.restrict(v))
+        u = manifold.solve(manifold.restrict(v), pinv=self.pinv)
         grad = tuple(-np.asarray(g, dtype=np.float64) for g in manifold.theta_vjp(u))
         return like_structure(grad, solution.theta), self._info(manifold, start)
 
@@ -100,5 +106,5 @@ class PartialSmoothness(Strategy):
         start = time.perf_counter()
         manifold = self._manifold(problem, solution)
         parts = tuple(np.asarray(d, dtype=np.float64) for d in as_tuple(dtheta))
-        dz = -manifold.solve(manifold.theta_jvp(parts))
+        dz = -manifold.solve(manifold.theta_jvp(parts), pinv=self.pinv)
         return manifold.lift(dz).reshape(solution.x.shape), self._info(manifold, start)
