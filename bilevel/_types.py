@@ -99,7 +99,9 @@ class Manifold:
         Its dimension ``k`` (the support size for l1 penalties).
     margin : float
         Non-degeneracy margin, relative: how far the inactive constraints are from becoming
-        active (for l1: ``min_{j not in S} 1 - |grad_j f| / lam_j``). Must be > 0.
+        active, or active ones inactive (for l1: the smallest of
+        ``1 - |grad_j f| / lam_j`` off the support ``S`` and ``|x_j| / max|x|`` on it).
+        Must be > 0.
     restrict, lift : callable
         ``v -> B^T v`` (x-shaped to ``(k,)``) and ``z -> B z``.
     solve : callable

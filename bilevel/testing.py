@@ -15,7 +15,8 @@ import numpy as np
 from bilevel._registry import get_strategy
 from bilevel._types import as_tuple
 
-__all__ = ["check_vjp", "logistic_instances", "regression_data", "ridge_instances"]
+__all__ = ["check_vjp", "logistic_instances", "regression_data", "ridge_instances",
+           "sparse_instances"]
 
 
 def check_vjp(problem, theta, strategy, reference="finite_difference", *, rtol=1e-6,
@@ -117,3 +118,63 @@ def logistic_instances(max_features=6):
 
     return st.tuples(_sizes(st, max_features), st.integers(0, 2**31 - 1),
                      st.floats(-2, 0)).map(build)
+
+
+def _stable(problem, theta, min_margin=1e-3, min_active=1e-3):
+    """Whether ``x*`` has a support that is non-degenerate and away from a transition."""
+    from bilevel._types import SingularSystemError
+
+    sol = problem.solve(theta)
+    if not sol.converged or not sol.info["support"].size:
+        return False
+    try:
+        manifold = problem.manifold(sol)
+        manifold.solve(np.zeros(manifold.dim))
+    except SingularSystemError:
+        return False
+    active = np.abs(sol.x[sol.info["support"]])
+    return manifold.margin > min_margin and active.min() > min_active * active.max()
+
+
+def sparse_instances(kind="lasso", max_features=12, per_feature=None, sparse=False):
+    """Hypothesis strategy drawing ``(problem, theta)`` for an l1-penalized model.
+
+    ``kind`` is "lasso", "elastic_net" or "logistic_l1". ``lam`` is a fraction in
+    [0.05, 0.8] of ``lam_max`` (per feature when ``per_feature``, drawn when None); only
+    instances whose support is stable are kept: non-degeneracy margin > 1e-3, active
+    coefficients above 1e-3 of the largest, and a positive definite restricted Hessian.
+    ``sparse`` passes X as a ``scipy.sparse`` CSC matrix with about half its entries zero.
+    """
+    import scipy.sparse
+    from hypothesis import strategies as st
+
+    from bilevel.problems import ElasticNet, Lasso, LogisticRegression
+
+    if kind not in ("lasso", "elastic_net", "logistic_l1"):
+        raise ValueError(f"kind must be 'lasso', 'elastic_net' or 'logistic_l1', got {kind!r}")
+
+    def build(args):
+        p, n, seed, weighted, fracs = args
+        X, score = regression_data(n, p, seed=seed, noise=1.0)
+        if sparse:
+            X = scipy.sparse.csc_matrix(X * (np.random.default_rng(seed).random(X.shape) < 0.5))
+        if kind == "logistic_l1":
+            labels = np.where(score > 0, 1.0, -1.0)
+            labels[0] = -labels[1]                  # both classes, so that lam_max > 0
+            problem = LogisticRegression(X, labels, penalty="l1")
+        elif kind == "elastic_net":
+            problem = ElasticNet(X, score)
+        else:
+            problem = Lasso(X, score)
+        lam = problem.lam_max() * (np.asarray(fracs[:p]) if weighted else np.asarray(fracs[0]))
+        theta = (lam, np.asarray(0.1 * fracs[-1])) if kind == "elastic_net" else lam
+        return problem, theta
+
+    kinds = st.booleans() if per_feature is None else st.just(per_feature)
+    sizes = st.integers(2, max_features).flatmap(
+        lambda p: st.tuples(st.just(p), st.integers(max(4, p // 2), 3 * p + 10)))
+    return st.tuples(sizes, st.integers(0, 2**31 - 1), kinds,
+                     st.lists(st.floats(0.05, 0.8), min_size=max_features + 1,
+                              max_size=max_features + 1)).map(
+        lambda a: (a[0][0], a[0][1], a[1], a[2], a[3])).map(build).filter(
+        lambda inst: _stable(*inst))

@@ -19,7 +19,9 @@ def ridge_report():
 
 def test_rows_and_errors(ridge_report):
     rows = {r["strategy"]: r for r in ridge_report.rows}
-    assert set(rows) == {"analytic", "implicit", "fixed_point", "unroll", "finite_difference"}
+    assert set(rows) == {"analytic", "implicit", "fixed_point", "unroll", "finite_difference",
+                         "partial_smoothness"}
+    assert rows.pop("partial_smoothness")["missing"] == ["manifold"]   # ridge is smooth
     assert ridge_report.reference == "analytic"
     for name in ("analytic", "implicit", "fixed_point"):
         assert rows[name]["error"] < 1e-10, name             # exact up to round-off
@@ -32,9 +34,9 @@ def test_rows_and_errors(ridge_report):
 
 def test_exports(ridge_report, tmp_path):
     data = json.loads(ridge_report.to_json())
-    assert data["reference"] == "analytic" and len(data["rows"]) == 5
+    assert data["reference"] == "analytic" and len(data["rows"]) == 6
     md = ridge_report.to_markdown()
-    assert md.count("\n| ") == 6 and "rel. error" in md
+    assert md.count("\n| ") == 7 and "rel. error" in md
     text = str(ridge_report).splitlines()
     assert text[1].startswith("strategy") and len({len(line) for line in text[1:3]}) == 1
     assert ridge_report.to_dict()["rows"][0]["strategy"] == "analytic"

@@ -18,7 +18,7 @@ LABELS = np.sign(Y)
     (lambda: bl.problems.Ridge(X[0], Y), "X must have 2"),
     (lambda: bl.problems.Ridge(np.zeros((0, 2)), np.zeros(0)), "at least one row"),
     (lambda: bl.problems.LogisticRegression(X, Y), r"\{-1, \+1\}"),
-    (lambda: bl.problems.LogisticRegression(X, LABELS, penalty="l1"), "penalty"),
+    (lambda: bl.problems.LogisticRegression(X, LABELS, penalty="l3"), "penalty"),
     (lambda: bl.problems.LogisticRegression(X, LABELS, tol=0), "tol"),
     (lambda: bl.problems.Smooth(lambda x, t: x.sum(), np.zeros(2), step_size=-1), "step_size"),
     (lambda: bl.losses.LogisticLoss(X, Y), r"\{-1, \+1\}"),

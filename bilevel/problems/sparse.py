@@ -53,7 +53,9 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         The minimizer.
     corr : ndarray
         ``-grad f(x)`` of the smooth part: ``lam_j s_j`` on the support, and
-        ``|corr_j| <= lam_j`` off it.
+        ``|corr_j| <= lam_j`` off it. The margin is the smallest of ``1 - |corr_j|/lam_j``
+        off the support and ``|x_j| / max|x|`` on it: 0 when a feature is about to enter
+        or leave the support.
     lam : ndarray
         The l1 weights per feature.
     hessian : callable
@@ -68,10 +70,12 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
     support = np.flatnonzero(x)
     signs = np.sign(x[support])
     off = np.setdiff1d(np.arange(p), support, assume_unique=True)
-    if off.size:
-        slack = 1.0 - np.abs(corr[off]) / lam[off]
+    # Margins, relative: inactive features below their kink, active ones away from zero.
+    slack = np.concatenate([1.0 - np.abs(corr[off]) / lam[off],
+                            np.abs(x[support]) / max(np.abs(x).max(), 1e-300)])
+    if slack.size:
         worst = int(np.argmin(slack))
-        margin, margin_index = float(slack[worst]), int(off[worst])
+        margin, margin_index = float(slack[worst]), int(np.concatenate([off, support])[worst])
     else:
         margin, margin_index = np.inf, -1
     k = support.size
@@ -110,8 +114,7 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         kind="support", dim=k, margin=margin, restrict=restrict, lift=lift, solve=solve,
         theta_vjp=lambda u: theta_vjp(support, signs, u),
         theta_jvp=lambda dtheta: theta_jvp(support, signs, dtheta),
-        info={"support": support, "signs": signs, "margin_index": margin_index,
-              "min_abs_active": float(np.abs(x[support]).min()) if k else np.inf})
+        info={"support": support, "signs": signs, "margin_index": margin_index})
 
 
 def per_feature(grad_full, lam):

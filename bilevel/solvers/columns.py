@@ -8,8 +8,7 @@ representation is an empty array, so that one compiled kernel serves both.
 import numpy as np
 from numba import njit
 
-__all__ = ["col_axpy", "col_dot", "col_dot_weighted", "col_sq_norm_weighted", "col_sq_norms",
-           "dense_columns", "matvec"]
+__all__ = ["col_axpy", "col_dot", "col_sq_norms", "dense_columns", "matvec"]
 
 
 @njit(cache=True)
@@ -22,33 +21,6 @@ def col_dot(j, Xt, data, indices, indptr, sparse, v):
     else:
         for i in range(Xt.shape[1]):
             s += Xt[j, i] * v[i]
-    return s
-
-
-@njit(cache=True)
-def col_dot_weighted(j, Xt, data, indices, indptr, sparse, h, v):
-    """``X[:, j] @ (h * v)``."""
-    s = 0.0
-    if sparse:
-        for k in range(indptr[j], indptr[j + 1]):
-            i = indices[k]
-            s += data[k] * h[i] * v[i]
-    else:
-        for i in range(Xt.shape[1]):
-            s += Xt[j, i] * h[i] * v[i]
-    return s
-
-
-@njit(cache=True)
-def col_sq_norm_weighted(j, Xt, data, indices, indptr, sparse, h):
-    """``sum_i h_i X[i, j]^2``."""
-    s = 0.0
-    if sparse:
-        for k in range(indptr[j], indptr[j + 1]):
-            s += h[indices[k]] * data[k] * data[k]
-    else:
-        for i in range(Xt.shape[1]):
-            s += h[i] * Xt[j, i] * Xt[j, i]
     return s
 
 

@@ -162,9 +162,11 @@ def enet_cd(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epoch
     polished = False
     last_polish = np.full(p, -2.0)
     priority = np.empty(p)
-    while gap / scale > tol and epochs < max_epochs:
+    while True:
         signs = np.sign(w)
-        if gap / scale < _POLISH_GAP and np.any(signs != last_polish):
+        # Polish when the gap is small (also once the tolerance is met: a gap of eps means
+        # coefficients off by ~sqrt(eps)) and the signs differ from the last attempt.
+        if gap / scale < _POLISH_GAP and not polished and np.any(signs != last_polish):
             last_polish = signs
             candidate, ok = _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
             if ok:
@@ -172,8 +174,8 @@ def enet_cd(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epoch
                                               candidate)
                 if gap2 < gap:
                     w, r, corr, gap, polished = candidate, r2, corr2, gap2, True
-                    if gap / scale <= tol:
-                        break
+        if gap / scale <= tol or epochs >= max_epochs:
+            break
         # Working set: the support, then features by distance to their dual constraint.
         for j in range(p):
             if w[j] != 0.0:

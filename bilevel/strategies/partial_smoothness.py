@@ -46,9 +46,10 @@ class PartialSmoothness(Strategy):
     ----------
     margin_tol : float
         Non-degeneracy threshold: a :class:`~bilevel.DegeneracyWarning` is raised when the
-        problem's relative margin (for l1: ``min_{j not in S} 1 - |X_j^T r| / (n lam_j)``)
-        is at or below it. Below the threshold a change of theta of about the margin's
-        relative size may change the manifold, and the derivative may not exist.
+        problem's relative margin (for l1: the smallest of ``1 - |X_j^T r| / (n lam_j)`` off
+        the support ``S`` and ``|x_j| / max|x|`` on it) is at or below it. Below it, a
+        relative change of theta of about the margin may change the manifold, and the
+        derivative may not exist.
     pinv : bool
         On a singular restricted Hessian (collinear active features: ``x*`` not unique),
         apply its pseudo-inverse instead of raising :class:`~bilevel.SingularSystemError`.
@@ -83,9 +84,9 @@ class PartialSmoothness(Strategy):
                 f"{self.name}: the solution is degenerate, non-degeneracy margin "
                 f"{manifold.margin:.2e} <= margin_tol={self.margin_tol:.0e}"
                 + (f" (at coordinate {where})" if where is not None and where >= 0 else "")
-                + f": an inactive constraint of the {manifold.kind} is about to become "
-                "active, so x*(theta) may not be differentiable here and the result is one "
-                "one-sided derivative. Perturb theta, or compare with finite_difference.",
+                + f": the {manifold.kind} is about to change (a feature entering or "
+                "leaving it), so x*(theta) may not be differentiable here and the result is "
+                "one one-sided derivative. Perturb theta, or compare with finite_difference.",
                 DegeneracyWarning, stacklevel=3)
         return manifold
 

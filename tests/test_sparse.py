@@ -1,0 +1,340 @@
+"""Sparse models (Lasso, elastic net, l1-logistic) and PartialSmoothness.
+
+References: the closed form on the support (``x*_S = H^{-1}(X_S^T y/n - lam s)`` and its
+derivative ``-H^{-1} s``), the KKT conditions, scikit-learn's solvers, finite differences.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+from hypothesis import given
+from hypothesis import strategies as st
+
+import bilevel as bl
+from bilevel.testing import check_vjp, regression_data, sparse_instances
+
+PS = bl.strategies.PartialSmoothness()
+
+
+def closed_form(problem, sol):
+    """Support, signs, restricted Hessian H and dx*_S/dlam1 (per support feature) by numpy."""
+    S = np.flatnonzero(sol.x)
+    s = np.sign(sol.x[S])
+    X = problem.design.X
+    XS = X[:, S].toarray() if scipy.sparse.issparse(X) else X[:, S]
+    n = XS.shape[0]
+    if isinstance(problem, bl.problems.LogisticRegression):
+        prob1 = 1 / (1 + np.exp(-problem.y * (XS @ sol.x[S])))
+        H = XS.T @ (XS * (prob1 * (1 - prob1) / n)[:, None])
+    else:
+        H = XS.T @ XS / n
+        if isinstance(sol.theta, tuple):
+            H += np.broadcast_to(sol.theta[1], sol.x.shape)[S] * np.eye(S.size)
+    return S, s, H
+
+
+def lam1_of(theta):
+    return theta[0] if isinstance(theta, tuple) else theta
+
+
+# --- solvers -------------------------------------------------------------------------------
+
+@given(instance=sparse_instances("lasso"))
+def test_lasso_solution_is_the_closed_form_on_its_support(instance):
+    problem, lam = instance
+    sol = problem.solve(lam)
+    S, s, H = closed_form(problem, sol)
+    X, y, n = problem.design.X, problem.y, problem.y.shape[0]
+    lam_v = np.broadcast_to(lam, sol.x.shape)
+    exact = np.linalg.solve(H, X[:, S].T @ y / n - lam_v[S] * s)
+    # Polished on its support: round-off of a well-conditioned k x k solve.
+    np.testing.assert_allclose(sol.x[S], exact, rtol=1e-9, atol=1e-12)
+    corr = X.T @ (y - X @ sol.x) / n                      # KKT off the support
+    off = np.setdiff1d(np.arange(sol.x.size), S)
+    assert np.all(np.abs(corr[off]) < lam_v[off])
+    assert sol.info["gap"] <= 1e-12
+    np.testing.assert_array_equal(sol.info["support"], S)
+    np.testing.assert_array_equal(sol.info["signs"], s)
+
+
+@given(instance=sparse_instances("lasso", per_feature=False))
+def test_lasso_matches_scikit_learn(instance):
+    from sklearn.linear_model import Lasso as SkLasso
+
+    problem, lam = instance
+    sk = SkLasso(alpha=float(lam), fit_intercept=False, tol=1e-14, max_iter=1_000_000)
+    sk.fit(problem.design.X, problem.y)
+    x = problem.solve(lam).x
+    # sklearn stops on a duality gap of 1e-14 ||y||^2/n: its coefficients are ~1e-7 off.
+    np.testing.assert_allclose(x, sk.coef_, rtol=1e-6, atol=1e-6 * np.abs(x).max())
+    np.testing.assert_array_equal(np.sign(x), np.sign(np.round(sk.coef_, 10)))
+
+
+@given(instance=sparse_instances("elastic_net", per_feature=False))
+def test_elastic_net_matches_scikit_learn(instance):
+    from sklearn.linear_model import ElasticNet as SkElasticNet
+
+    problem, (lam1, lam2) = instance
+    alpha = float(lam1 + lam2)
+    sk = SkElasticNet(alpha=alpha, l1_ratio=float(lam1) / alpha, fit_intercept=False,
+                      tol=1e-14, max_iter=1_000_000).fit(problem.design.X, problem.y)
+    x = problem.solve((lam1, lam2)).x
+    np.testing.assert_allclose(x, sk.coef_, rtol=1e-6, atol=1e-6 * np.abs(x).max())
+
+
+@given(instance=sparse_instances("logistic_l1", max_features=8))
+def test_l1_logistic_meets_kkt_and_matches_scikit_learn(instance):
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+
+    problem, lam = instance
+    sol = problem.solve(lam)
+    X, y, n = problem.design.X, problem.y, problem.y.shape[0]
+    corr = X.T @ (y / (1 + np.exp(y * (X @ sol.x)))) / n       # -grad of the data term
+    lam_v = np.broadcast_to(lam, sol.x.shape)
+    S = np.flatnonzero(sol.x)
+    # Newton-polished on the support: stationarity to round-off.
+    np.testing.assert_allclose(corr[S], lam_v[S] * np.sign(sol.x[S]), rtol=1e-9, atol=1e-13)
+    assert np.all(np.abs(np.delete(corr, S)) < np.delete(lam_v, S))
+    if np.ndim(lam) == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                   # sklearn's own deprecations
+            sk = SkLogistic(penalty="l1", C=1 / (n * float(lam)), solver="liblinear",
+                            fit_intercept=False, tol=1e-12, max_iter=100_000).fit(X, y)
+        # liblinear's stopping rule is loose relative to ours: 1e-5 of the scale.
+        np.testing.assert_allclose(sol.x, sk.coef_.ravel(), atol=1e-5 * np.abs(sol.x).max())
+
+
+@given(instance=sparse_instances("lasso", sparse=True))
+def test_sparse_design_equals_dense(instance):
+    problem, lam = instance
+    dense = bl.problems.Lasso(problem.design.X.toarray(), problem.y)
+    a, b = problem.solve(lam), dense.solve(lam)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-10, atol=1e-13)
+    v = np.linspace(-1, 1, a.x.size)
+    for strategy in (PS, bl.strategies.FixedPoint()):
+        np.testing.assert_allclose(bl.vjp(problem, lam, v, strategy),
+                                   bl.vjp(dense, lam, v, strategy), rtol=1e-8, atol=1e-12)
+
+
+def test_sparse_logistic_and_elastic_net_equal_dense():
+    X, score = regression_data(40, 15, seed=3, noise=1.0)
+    X[np.abs(X) < 0.7] = 0.0
+    y = np.where(score > 0, 1.0, -1.0)
+    for make, theta in ((lambda A: bl.problems.LogisticRegression(A, y, penalty="l1"), 0.02),
+                        (lambda A: bl.problems.ElasticNet(A, score), (0.05, 0.1))):
+        a = make(scipy.sparse.csr_matrix(X)).solve(theta)
+        b = make(X).solve(theta)
+        np.testing.assert_allclose(a.x, b.x, rtol=1e-10, atol=1e-13)
+
+
+def test_batched_kernel_equals_a_loop():
+    from bilevel.solvers import enet_cd, enet_cd_batched
+
+    problem = bl.problems.Lasso(*regression_data(30, 12, seed=1))
+    lams = problem.lam_max() * np.array([[0.5] * 12, [0.1] * 12, [0.02] * 12])
+    zeros = np.zeros_like(lams)
+    W, _, gaps = enet_cd_batched(*problem.design.kernel_args, problem.y, lams, zeros, zeros,
+                                 1e-12, 10_000)
+    for i in range(3):
+        w = enet_cd(*problem.design.kernel_args, problem.y, lams[i], zeros[i], zeros[i],
+                    1e-12, 10_000)[0]
+        np.testing.assert_array_equal(W[i], w)
+    assert np.all(gaps <= 1e-12)
+
+
+def test_torch_maps_agree_with_the_solver():
+    import torch
+
+    for problem, theta in (
+            (bl.problems.Lasso(*regression_data(30, 8, seed=2)), np.asarray(0.1)),
+            (bl.problems.ElasticNet(*regression_data(30, 8, seed=2)), (0.1, 0.3)),
+            (bl.problems.LogisticRegression(regression_data(30, 8, seed=2)[0],
+                                            np.sign(regression_data(30, 8, seed=2)[1]),
+                                            penalty="l1"), np.asarray(0.02))):
+        sol = problem.solve(theta)
+        x = torch.tensor(sol.x)
+        t = tuple(torch.tensor(np.asarray(p, float)) for p in bl._types.as_tuple(theta))
+        t = t if isinstance(theta, tuple) else t[0]
+        # x* is the fixed point of the proximal-gradient step, to round-off.
+        np.testing.assert_allclose(problem.step(x, t).numpy(), sol.x, atol=1e-12)
+        # Energy at x* is below the energy at nearby points.
+        e = float(problem.energy(x, t))
+        for k in range(3):
+            dx = torch.tensor(np.random.default_rng(k).standard_normal(sol.x.size)) * 1e-3
+            assert float(problem.energy(x + dx, t)) > e
+
+
+def test_non_convergence_warns():
+    problem = bl.problems.Lasso(*regression_data(30, 20, seed=0), max_epochs=1)
+    with pytest.warns(bl.ConvergenceWarning, match="max_iter"):
+        sol = problem.solve(problem.lam_max() / 100)
+    assert not sol.converged
+
+
+# --- PartialSmoothness ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lasso", "elastic_net", "logistic_l1"])
+@given(data=st.data())
+def test_vjp_and_jvp_match_the_closed_form(kind, data):
+    problem, theta = data.draw(sparse_instances(kind, max_features=10))
+    sol = problem.solve(theta)
+    S, s, H = closed_form(problem, sol)
+    dxs_dlam1 = -np.linalg.solve(H, np.diag(s))                 # column j: d x_S / d lam1_S[j]
+    v = np.random.default_rng(0).standard_normal(sol.x.size)
+    g = bl.vjp(problem, theta, v, PS)
+    g1 = np.zeros(sol.x.size)
+    g1[S] = dxs_dlam1.T @ v[S]
+    lam1 = lam1_of(theta)
+    expected = g1.sum() if np.ndim(lam1) == 0 else g1
+    # Both sides solve the same well-conditioned k x k system: round-off only.
+    np.testing.assert_allclose(lam1_of(g), expected, rtol=1e-8, atol=1e-10 * np.abs(g1).max())
+    if kind == "elastic_net":
+        g2 = -np.linalg.solve(H, sol.x[S]) @ v[S]
+        np.testing.assert_allclose(g[1], g2, rtol=1e-8, atol=1e-12)
+    # Forward mode along dtheta = theta: the same derivative, contracted the other way.
+    dx = bl.jvp(problem, theta, theta, PS)
+    lam_v = np.broadcast_to(lam1, sol.x.shape)
+    expected_dx = dxs_dlam1 @ lam_v[S]
+    if kind == "elastic_net":
+        expected_dx += -np.linalg.solve(H, sol.x[S]) * float(theta[1])
+    np.testing.assert_allclose(dx[S], expected_dx, rtol=1e-8, atol=1e-10 * np.abs(dx).max())
+    assert np.all(np.delete(dx, S) == 0)
+
+
+@given(instance=sparse_instances("lasso"))
+def test_partial_smoothness_matches_finite_differences(instance):
+    problem, lam = instance
+    # FD of a solver exact to round-off (polished), on a locally linear map: ~1e-9.
+    check_vjp(problem, lam, PS, rtol=1e-7, atol=1e-9)
+
+
+@given(instance=sparse_instances("lasso", max_features=8, per_feature=False))
+def test_fixed_point_and_unroll_converge_to_it(instance):
+    problem, lam = instance
+    sol = problem.solve(lam)
+    S, _, H = closed_form(problem, sol)
+    v = np.random.default_rng(1).standard_normal(sol.x.size)
+    exact = bl.vjp(problem, lam, v, PS)
+    fixed = bl.vjp(problem, lam, v, bl.strategies.FixedPoint(tol=1e-13))
+    np.testing.assert_allclose(fixed, exact, rtol=1e-8, atol=1e-10)
+    # On the support the step contracts at rho = 1 - lambda_min(H) / L: take enough steps
+    # from x* for rho^n < 1e-10 and compare; the error is geometric in the steps.
+    L = problem.design.sigma_max() ** 2 / problem.y.shape[0]
+    rho = 1 - np.linalg.eigvalsh(H)[0] / L
+    n_steps = int(np.ceil(np.log(1e-10) / np.log(rho))) if rho > 0 else 1
+    if n_steps > 5000:
+        return
+    errors = [abs(float(bl.vjp(problem, lam, v, bl.strategies.Unroll(n_steps=k,
+                                                                     start="solution")))
+                  - float(exact)) for k in (max(1, n_steps // 4), n_steps)]
+    assert errors[1] <= 1e-7 * max(abs(float(exact)), 1e-3)
+    assert errors[1] <= errors[0] + 1e-12
+
+
+def test_unroll_from_zero_identifies_the_support():
+    """Finite identification: ISTA from 0 reaches the support, then unrolling converges."""
+    problem = bl.problems.Lasso(*regression_data(40, 10, seed=5))
+    lam = problem.lam_max() / 4
+    v = np.ones(10)
+    exact = float(bl.vjp(problem, lam, v, PS))
+    errors = [abs(float(bl.vjp(problem, lam, v, bl.strategies.Unroll(n_steps=k))) - exact)
+              for k in (3, 1000)]
+    assert errors[0] > 1e-3 * abs(exact) and errors[1] < 1e-8 * abs(exact)
+
+
+def test_degenerate_solution_warns_with_its_margin():
+    problem = bl.problems.Lasso(*regression_data(30, 8, seed=2))
+    lam = np.full(8, problem.lam_max() / 3)
+    sol = problem.solve(lam)
+    off = np.flatnonzero(sol.x == 0)
+    assert off.size
+    corr = problem.design.X.T @ (problem.y - problem.design.X @ sol.x) / 30
+    j = off[np.argmax(np.abs(corr[off]))]
+    lam[j] = abs(corr[j])          # the same solution, with feature j exactly at its kink
+    with pytest.warns(bl.DegeneracyWarning, match=rf"margin .*coordinate {j}"):
+        bl.vjp(problem, lam, np.ones(8), PS)
+    with pytest.warns(bl.DegeneracyWarning):          # x* = 0 at lam_max: every margin 0
+        bl.vjp(problem, problem.lam_max(), np.ones(8), PS)
+    with warnings.catch_warnings():                   # no warning away from the kink
+        warnings.simplefilter("error", bl.DegeneracyWarning)
+        bl.vjp(problem, problem.lam_max() / 3, np.ones(8), PS)
+
+
+def test_collinear_support_raises_and_pinv_gives_the_prediction_gradient():
+    X, y = regression_data(40, 6, seed=7)
+    Xv, yv = regression_data(30, 6, seed=8)
+    dup, dup_v = np.hstack([X, X[:, :1]]), np.hstack([Xv, Xv[:, :1]])
+    problem, loss = bl.problems.Lasso(dup, y), bl.losses.SquaredError(dup_v, yv)
+    lam = problem.lam_max() / 20
+    x = problem.solve(lam).x        # cyclic CD puts the weight on the first copy; split it
+    x[[0, 6]] = x[0] / 2
+    assert np.count_nonzero(problem.solve(lam, init=x).x[[0, 6]]) == 2
+    with pytest.raises(bl.SingularSystemError, match="pinv=True"):
+        bl.hypergradient(problem, loss, lam, PS, init=x)
+    # The duplicate column changes neither the predictions nor the validation loss's
+    # gradient: the pseudo-inverse answer equals the gradient without the duplicate.
+    # (lam per feature: a duplicated column at lam is one column at lam with weight 1.)
+    _, g = bl.hypergradient(problem, loss, lam, bl.strategies.PartialSmoothness(pinv=True),
+                            init=x)
+    _, g_ref = bl.hypergradient(bl.problems.Lasso(X, y), bl.losses.SquaredError(Xv, yv),
+                                lam, PS)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8)
+
+
+def test_jvp_needs_a_forward_mode_strategy():
+    problem = bl.problems.Lasso(*regression_data(20, 5, seed=0))
+    with pytest.raises(bl.NotApplicable, match="partial_smoothness, finite_difference"):
+        bl.jvp(problem, 0.1, 1.0, "fixed_point")
+    dx_fd = bl.jvp(problem, 0.1, 1.0, "finite_difference")
+    np.testing.assert_allclose(bl.jvp(problem, 0.1, 1.0), dx_fd, rtol=1e-7, atol=1e-10)
+
+
+# --- outer loop and compare -----------------------------------------------------------------
+
+def test_compare_shows_every_strategy_on_a_lasso():
+    X, y = regression_data(60, 30, seed=0)
+    Xv, yv = regression_data(40, 30, seed=1)
+    problem = bl.problems.Lasso(X, y)
+    report = bl.compare(problem, bl.losses.SquaredError(Xv, yv), problem.lam_max() / 10,
+                        repeat=1, log_scale=True)
+    rows = {r["strategy"]: r for r in report.rows}
+    assert "skipped" in rows["implicit"] and "optimality" in rows["implicit"]["skipped"]
+    for name in ("partial_smoothness", "fixed_point"):
+        assert rows[name]["error"] < 1e-8          # against 4th-order finite differences
+    assert "error" in rows["unroll"]
+    assert "partial_smoothness" in str(report)
+
+
+def test_minimize_log_lam_and_per_feature_weights():
+    X, y = regression_data(60, 30, seed=0, noise=1.0)
+    Xv, yv = regression_data(60, 30, seed=1, noise=1.0)
+    problem, loss = bl.problems.Lasso(X, y), bl.losses.SquaredError(Xv, yv)
+    lam0 = problem.lam_max() / 2
+    scalar = bl.minimize(problem, loss, lam0, log_scale=True, steps=15, lr=0.3,
+                         progress=False)
+    assert scalar.strategy == "partial_smoothness"
+    assert scalar.loss < scalar.history["loss"][0]
+    weighted = bl.minimize(problem, loss, np.full(30, float(scalar.theta)), log_scale=True,
+                           steps=15, lr=0.3, progress=False)
+    assert weighted.theta.shape == (30,) and np.all(weighted.theta > 0)
+    assert weighted.loss <= scalar.loss + 1e-12
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda X, y: bl.problems.Lasso(X, y).solve(0.0), "lam must be > 0"),
+    (lambda X, y: bl.problems.Lasso(X, y).solve(-1.0), "lam must be >= 0"),
+    (lambda X, y: bl.problems.Lasso(X, y).solve(np.ones(3)), r"shape \(\) or \(5,\)"),
+    (lambda X, y: bl.problems.ElasticNet(X, y).solve(0.1), r"theta = \(lam1, lam2\)"),
+    (lambda X, y: bl.problems.Lasso(X, y[:-1]), "y must have shape"),
+    (lambda X, y: bl.problems.Lasso(np.where(X > 1, np.nan, X), y), "X contains NaN"),
+    (lambda X, y: bl.problems.LogisticRegression(scipy.sparse.csr_matrix(X), np.sign(y)),
+     "dense X"),
+    (lambda X, y: bl.problems.LogisticRegression(X, np.sign(y)).lam_max(), "penalty='l1'"),
+    (lambda X, y: bl.problems.LogisticRegression(X, y, penalty="l1"), r"\{-1, \+1\}"),
+])
+def test_bad_input_is_named(bad, match):
+    X, y = regression_data(20, 5, seed=0)
+    with pytest.raises(ValueError, match=match):
+        bad(X, y)
