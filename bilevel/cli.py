@@ -10,7 +10,8 @@ import numpy as np
 __all__ = ["main"]
 
 # problem name -> (the data set it is meant for, default lam)
-_TASKS = {"logistic": ("breast_cancer", 1e-2), "ridge": ("diabetes", 1e-1)}
+_TASKS = {"logistic": ("breast_cancer", 1e-2), "ridge": ("diabetes", 1e-1),
+          "lasso": ("diabetes", 1.0), "logistic_l1": ("breast_cancer", 1e-2)}
 
 
 def _build(problem, dataset):
@@ -20,14 +21,15 @@ def _build(problem, dataset):
 
     X, y = load(dataset)
     X_train, y_train, X_val, y_val = split_standardize(X, y)
-    if problem == "logistic":
+    if problem.startswith("logistic"):
         if dataset != "breast_cancer":
-            raise SystemExit("logistic needs labels in {-1, +1}: use --dataset breast_cancer")
-        return (problems.LogisticRegression(X_train, y_train),
+            raise SystemExit(f"{problem} needs labels in {{-1, +1}}: use --dataset breast_cancer")
+        penalty = "l1" if problem == "logistic_l1" else "l2"
+        return (problems.LogisticRegression(X_train, y_train, penalty=penalty),
                 losses.LogisticLoss(X_val, y_val))
     y_mean = y_train.mean()
-    return (problems.Ridge(X_train, y_train - y_mean),
-            losses.SquaredError(X_val, y_val - y_mean))
+    model = problems.Lasso if problem == "lasso" else problems.Ridge
+    return (model(X_train, y_train - y_mean), losses.SquaredError(X_val, y_val - y_mean))
 
 
 def _strategies(text):

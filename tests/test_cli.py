@@ -55,3 +55,14 @@ def test_bundled_data_match_scikit_learn():
     np.testing.assert_allclose(Xt.std(axis=0), 1, rtol=1e-12)
     with pytest.raises(ValueError, match="unknown dataset"):
         load("mnist")
+
+
+def test_compare_lasso(capsys):
+    assert main(["compare", "--problem", "lasso", "--repeat", "1", "--format", "json",
+                 "--strategies", "partial_smoothness,fixed_point"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    # Both exact on the identified support; the reference is 4th-order finite differences.
+    assert [r["strategy"] for r in rows] == ["partial_smoothness", "fixed_point"]
+    assert all(r["error"] < 1e-8 for r in rows)
