@@ -325,7 +325,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
                 row["trace"] = [(int(b), error(full(strat.with_budget(b))[0])) for b in budgets]
         rows.append(row)
     return CompareReport(problem=getattr(problem, "name", type(problem).__name__),
-                         loss=float(value), reference=ref_strategy.name,
+                         loss=float(value), reference=_label(ref_strategy),
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=float(np.median(solve_times)),
                          log_scale=log_scale, rows=rows)

@@ -157,6 +157,7 @@ class ElasticNet(Problem):
 
     name = "elastic_net"
     capabilities = frozenset({"step", "energy", "manifold"})
+    _remedy = "Raise lam2 or lam1 (a smaller support), or use finite_difference."
 
     def __init__(self, X, y, tol=1e-12, max_epochs=100_000):
         self.design = Design(X)
@@ -257,9 +258,7 @@ class ElasticNet(Problem):
                 out = out + x[support] * np.broadcast_to(dtheta[1], x.shape)[support]
             return out
 
-        return l1_manifold(x, corr, lam1, hessian, theta_vjp, theta_jvp,
-                           "Add an l2 term (ElasticNet with lam2 > 0), raise lam1 for a "
-                           "smaller support, or use finite_difference.")
+        return l1_manifold(x, corr, lam1, hessian, theta_vjp, theta_jvp, self._remedy)
 
     def __repr__(self):
         return f"{type(self).__name__}(n={self.design.shape[0]}, p={self.design.shape[1]}, " \
@@ -285,6 +284,8 @@ class Lasso(ElasticNet):
     """
 
     name = "lasso"
+    _remedy = ("Add an l2 term (ElasticNet with lam2 > 0), raise lam for a smaller support, "
+               "or use finite_difference.")
 
     def check_theta(self, theta):
         """``lam``: a scalar or shape (p,), finite and > 0."""

@@ -61,7 +61,12 @@ def enet_gap(w, r, corr, y, lam1, lam2):
 
 @njit(cache=True)
 def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
-    """Exact minimizer on the support and signs of ``w``; ``ok`` False if singular."""
+    """Exact minimizer on the support and signs of ``w``.
+
+    A singular system (collinear active features: the minimizers form an affine set) is
+    solved by the least-squares correction of ``w`` closest to it, so the signs tend to
+    survive; the caller keeps the result only if it lowers the duality gap.
+    """
     n = y.shape[0]
     support = np.flatnonzero(w)
     k = support.shape[0]
@@ -76,7 +81,8 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
         b[a] -= lam1[j] * np.sign(w[j])
     wS, ok = cholesky_solve(G, b)
     if not ok:
-        return w, False
+        current = w[support]
+        wS = current + np.linalg.lstsq(G, b - G @ current, 1e-13)[0]
     out = np.zeros_like(w)
     for a in range(k):
         out[support[a]] = wS[a]
