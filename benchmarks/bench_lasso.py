@@ -10,8 +10,8 @@
   expanded by ``PolynomialFeatures(3, include_bias=False)`` to 285 features, split 50/50
   (seed 0; 221 train and 221 validation rows), columns standardized with the training mean
   and std, y centered with the training mean. The binary 'sex' column makes some
-  polynomial columns exact linear combinations of others (rank 220 of 285), so on a large
-  support ``w*`` need not be unique; the predictions ``X w*`` always are.
+  polynomial columns exact linear combinations of others (``sex^2`` is affine in ``sex``),
+  so on a large support ``w*`` need not be unique; the predictions ``X w*`` always are.
 - regression: ``make_regression(200, 2000, n_informative=20, random_state=0, coef=True)``
   (noise 0, no bias) for training; validation rows drawn with the same coefficients:
   ``X_val ~ N(0, 1)`` of shape (200, 2000) from ``np.random.default_rng(0)``,
