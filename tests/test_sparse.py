@@ -135,11 +135,10 @@ def test_batched_kernel_equals_a_loop():
     problem = bl.problems.Lasso(*regression_data(30, 12, seed=1))
     lams = problem.lam_max() * np.array([[0.5] * 12, [0.1] * 12, [0.02] * 12])
     zeros = np.zeros_like(lams)
-    W, _, gaps = enet_cd_batched(*problem.design.kernel_args, problem.y, lams, zeros, zeros,
-                                 1e-12, 10_000)
+    args = (*problem.design.kernel_args, problem.design.sq_norms, problem.y)
+    W, _, gaps = enet_cd_batched(*args, lams, zeros, zeros, 1e-12, 10_000)
     for i in range(3):
-        w = enet_cd(*problem.design.kernel_args, problem.y, lams[i], zeros[i], zeros[i],
-                    1e-12, 10_000)[0]
+        w = enet_cd(*args, lams[i], zeros[i], zeros[i], 1e-12, 10_000)[0]
         np.testing.assert_array_equal(W[i], w)
     assert np.all(gaps <= 1e-12)
 

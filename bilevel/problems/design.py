@@ -20,7 +20,8 @@ class Design:
     """A design matrix ``X`` (n, p), dense or CSC, validated (finite, float64).
 
     ``kernel_args`` is the ``(Xt, data, indices, indptr, sparse)`` tuple the numba
-    coordinate solvers take (:mod:`bilevel.solvers.columns`).
+    coordinate solvers take (:mod:`bilevel.solvers.columns`); ``sq_norms`` the squared
+    column norms.
     """
 
     def __init__(self, X, name="X"):
@@ -47,6 +48,8 @@ class Design:
             self._torch_t = self._torch.T
         self.X = X
         self.shape = X.shape
+        self.sq_norms = np.asarray(X.multiply(X).sum(axis=0) if self.sparse
+                                   else np.einsum("ij,ij->j", X, X)).ravel()
         if 0 in X.shape:
             raise ValueError(f"{name} must have at least one row and one column, "
                              f"got shape {X.shape}")

@@ -115,11 +115,11 @@ class LogisticRegression(Problem):
         from bilevel.solvers import logistic_l1_prox_newton
 
         lam = np.broadcast_to(lam, x0.shape).astype(np.float64)
-        x, n_iter, gap, polished = logistic_l1_prox_newton(
+        x, n_iter, gap, polished, grad = logistic_l1_prox_newton(
             *self.design.kernel_args, self.y, lam, x0, self.tol, self.max_iter)
         support = np.flatnonzero(x)
         return x, n_iter, gap, {"gap": gap, "support": support, "signs": np.sign(x[support]),
-                                "polished": bool(polished)}
+                                "polished": bool(polished), "neg_gradient": -grad}
 
     # torch maps -----------------------------------------------------------------------
     def _data_term(self, x):
@@ -166,7 +166,9 @@ class LogisticRegression(Problem):
         lam_arg = as_tuple(solution.theta)[0]
         lam = np.broadcast_to(lam_arg, x.shape)
         margins = self.y * self.design.matvec(x)
-        corr = self.design.rmatvec(self.y / (1.0 + np.exp(margins))) / n
+        corr = solution.info.get("neg_gradient")
+        if corr is None:
+            corr = self.design.rmatvec(self.y / (1.0 + np.exp(margins))) / n
         s = 1.0 / (1.0 + np.exp(-margins))
 
         def hessian(support):

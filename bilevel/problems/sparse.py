@@ -69,7 +69,7 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
     p = x.shape[0]
     support = np.flatnonzero(x)
     signs = np.sign(x[support])
-    off = np.setdiff1d(np.arange(p), support, assume_unique=True)
+    off = np.flatnonzero(x == 0)
     # Margins, relative: inactive features below their kink, active ones away from zero.
     slack = np.concatenate([1.0 - np.abs(corr[off]) / lam[off],
                             np.abs(x[support]) / max(np.abs(x).max(), 1e-300)])
@@ -196,11 +196,12 @@ class ElasticNet(Problem):
         from bilevel.solvers import enet_cd
 
         lam1, lam2 = self._penalties(theta)
-        x, epochs, gap, polished = enet_cd(*self.design.kernel_args, self.y, lam1, lam2, x0,
-                                           self.tol, self.max_epochs)
+        x, epochs, gap, polished, corr = enet_cd(
+            *self.design.kernel_args, self.design.sq_norms, self.y, lam1, lam2, x0, self.tol,
+            self.max_epochs)
         support = np.flatnonzero(x)
         return x, epochs, gap, {"gap": gap, "support": support, "signs": np.sign(x[support]),
-                                "polished": bool(polished)}
+                                "polished": bool(polished), "neg_gradient": corr - lam2 * x}
 
     # torch maps -----------------------------------------------------------------------
     def _torch_penalties(self, theta):
@@ -233,7 +234,9 @@ class ElasticNet(Problem):
         lam1, lam2 = self._penalties(solution.theta)
         x = solution.x
         n = self.y.shape[0]
-        corr = self.design.rmatvec(self.y - self.design.matvec(x)) / n - lam2 * x
+        corr = solution.info.get("neg_gradient")
+        if corr is None:
+            corr = self.design.rmatvec(self.y - self.design.matvec(x)) / n - lam2 * x
 
         def hessian(support):
             XS = self.design.columns(support)

@@ -69,8 +69,9 @@ def warmup():
                    (np.empty((0, 0)), X.ravel(order="F"), np.tile(np.arange(3, dtype=np.int32), 2),
                     np.array([0, 3, 6], dtype=np.int32), True)):
         lam = np.full(2, 0.1)
-        enet_cd(*design, y, lam, lam, w0, 1e-8, 100)
-        enet_cd_batched(*design, y, lam[None], lam[None], w0[None], 1e-8, 100)
+        sq_norms = (X * X).sum(axis=0)
+        enet_cd(*design, sq_norms, y, lam, lam, w0, 1e-8, 100)
+        enet_cd_batched(*design, sq_norms, y, lam[None], lam[None], w0[None], 1e-8, 100)
         enet_gap(w0, y, X.T @ y, y, lam, lam)
         logistic_l1_prox_newton(*design, y, lam, w0, 1e-8, 50)
         logistic_l1_prox_newton_batched(*design, y, lam[None], w0[None], 1e-8, 50)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from bilevel.solvers.cholesky import cholesky_solve
-from bilevel.solvers.columns import col_axpy, col_dot, col_sq_norms, dense_columns, matvec
+from bilevel.solvers.columns import col_axpy, col_dot, dense_columns, matvec
 
 __all__ = ["enet_cd", "enet_cd_batched", "enet_gap"]
 
@@ -139,8 +139,11 @@ def _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
 
 
 @njit(cache=True)
-def enet_cd(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epochs):
+def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol, max_epochs):
     """Minimize the elastic-net energy from ``w0`` (``lam1``, ``lam2`` per feature).
+
+    ``sq_norms`` holds ``||X[:, j]||^2`` (:func:`~bilevel.solvers.columns.col_sq_norms`),
+    computed once per design.
 
     Returns
     -------
@@ -152,10 +155,12 @@ def enet_cd(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epoch
         Final duality gap relative to ``P(0) = ||y||^2 / (2n)``.
     polished : bool
         Whether ``w`` comes from the exact solve on its support.
+    corr : ndarray
+        ``X^T (y - Xw) / n`` at the returned ``w``.
     """
     n = y.shape[0]
     p = w0.shape[0]
-    norms2 = col_sq_norms(Xt, data, indices, indptr, sparse, p) / n
+    norms2 = sq_norms / n
     denom = norms2 + lam2
     scale = max(0.5 * np.dot(y, y) / n, 1e-300)
     w = w0.copy()
@@ -220,19 +225,20 @@ def enet_cd(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epoch
         polished = False
         r, corr, gap = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
         ws_size = min(p, max(10, 2 * np.count_nonzero(w)))
-    return w, epochs, gap / scale, polished
+    return w, epochs, gap / scale, polished, corr
 
 
 @njit(cache=True, parallel=True)
-def enet_cd_batched(Xt, data, indices, indptr, sparse, y, lam1, lam2, w0, tol, max_epochs):
+def enet_cd_batched(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
+                    max_epochs):
     """:func:`enet_cd` for each row of ``lam1``, ``lam2`` (shape (b, p)), in parallel."""
     b, p = lam1.shape
     W = np.empty((b, p))
     epochs = np.empty(b, dtype=np.int64)
     gaps = np.empty(b)
     for i in prange(b):
-        w, e, g, _ = enet_cd(Xt, data, indices, indptr, sparse, y, lam1[i], lam2[i], w0[i],
-                             tol, max_epochs)
+        w, e, g, _, _ = enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1[i],
+                                lam2[i], w0[i], tol, max_epochs)
         W[i] = w
         epochs[i] = e
         gaps[i] = g

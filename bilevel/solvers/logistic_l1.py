@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from bilevel.solvers.cholesky import cholesky_solve
-from bilevel.solvers.columns import col_dot, dense_columns, matvec
+from bilevel.solvers.columns import col_dot, col_sq_norms, dense_columns, matvec
 from bilevel.solvers.coordinate_descent import enet_cd
 
 __all__ = ["logistic_l1_gap", "logistic_l1_prox_newton", "logistic_l1_prox_newton_batched"]
@@ -152,8 +152,9 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
     solved by :func:`~bilevel.solvers.coordinate_descent.enet_cd` (working sets,
     extrapolation, exact polish), warm-started at ``w``.
 
-    Returns ``(w, n_iter, gap, polished)``: proximal Newton steps, the final duality gap
-    relative to ``log 2``, and whether ``w`` comes from the exact Newton solve on its support.
+    Returns ``(w, n_iter, gap, polished, grad)``: proximal Newton steps, the final duality
+    gap relative to ``log 2``, whether ``w`` comes from the exact Newton solve on its support,
+    and the data term's gradient at ``w``.
     """
     n = y.shape[0]
     p = w0.shape[0]
@@ -187,8 +188,9 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
         target = rows * z + y * a / rows
         Xt_w, data_w = _weighted_design(Xt, data, indices, indptr, sparse, rows)
         inner_tol = max(min(1e-1 * gap / _LOG2, 1e-2), 1e-8)
-        u = enet_cd(Xt_w, data_w, indices, indptr, sparse, target, lam, no_ridge, w,
-                    inner_tol, 100_000)[0]
+        u = enet_cd(Xt_w, data_w, indices, indptr, sparse,
+                    col_sq_norms(Xt_w, data_w, indices, indptr, sparse, p), target, lam,
+                    no_ridge, w, inner_tol, 100_000)[0]
         d = u - w
         Xd = matvec(Xt, data, indices, indptr, sparse, d, n)
         # Backtracking on the energy along d.
@@ -205,7 +207,7 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
         w, z = cand, z_new
         a, grad = _gradient(Xt, data, indices, indptr, sparse, y, z, p)
         gap = logistic_l1_gap(z, y, lam, w, grad)
-    return w, it, gap / _LOG2, polished
+    return w, it, gap / _LOG2, polished, grad
 
 
 @njit(cache=True, parallel=True)
@@ -217,7 +219,7 @@ def logistic_l1_prox_newton_batched(Xt, data, indices, indptr, sparse, y, lam, w
     n_iter = np.empty(b, dtype=np.int64)
     gaps = np.empty(b)
     for i in prange(b):
-        w, k, g, _ = logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam[i],
+        w, k, g, _, _ = logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam[i],
                                              w0[i], tol, max_iter)
         W[i] = w
         n_iter[i] = k
