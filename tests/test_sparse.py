@@ -261,6 +261,25 @@ def test_degenerate_solution_warns_with_its_margin():
         bl.vjp(problem, problem.lam_max() / 3, np.ones(8), PS)
 
 
+def test_finite_differences_shrink_their_step_near_a_kink():
+    problem = bl.problems.Lasso(*regression_data(30, 8, seed=2))
+    lam = np.full(8, problem.lam_max() / 3)
+    sol = problem.solve(lam)
+    off = np.flatnonzero(sol.x == 0)
+    corr = problem.design.X.T @ (problem.y - problem.design.X @ sol.x) / 30
+    j = off[np.argmax(np.abs(corr[off]))]
+    lam[j] = abs(corr[j]) * (1 + 3e-5)     # feature j enters 3e-5 (relative) away
+    v = np.linspace(-1, 1, 8)
+    exact, info = bl.vjp(problem, lam, v, PS, return_info=True)
+    assert 1e-5 < info["margin"] < 1e-4
+    fd, fd_info = bl.vjp(problem, lam, v, "finite_difference", return_info=True)
+    assert fd_info["rel_step"] == pytest.approx(info["margin"] / 10)
+    # Polished solves are exact to round-off, so a 3e-6 step still gives ~1e-9.
+    np.testing.assert_allclose(fd, exact, rtol=1e-7, atol=1e-9 * np.abs(exact).max())
+    crossing = bl.vjp(problem, lam, v, bl.strategies.FiniteDifference(rel_step=7e-4))
+    assert np.abs(crossing - exact).max() > 1e-3 * np.abs(exact).max()
+
+
 def test_collinear_support_raises_and_pinv_gives_the_prediction_gradient():
     X, y = regression_data(40, 6, seed=7)
     Xv, yv = regression_data(30, 6, seed=8)

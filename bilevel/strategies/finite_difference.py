@@ -37,7 +37,9 @@ class FiniteDifference(Strategy):
     rel_step : float, optional
         Step relative to ``|theta_i|`` (``h = rel_step |theta_i|``, or ``rel_step`` at
         ``theta_i = 0``); the default ``eps^(1/(order+1))`` balances truncation against
-        round-off. Below 0.5, so that the stencil keeps a positive weight positive.
+        round-off, shrunk on partly smooth problems to a tenth of the non-degeneracy margin
+        so that the stencil does not cross a change of the active manifold. Below 0.5, so
+        that the stencil keeps a positive weight positive.
 
     Notes
     -----
@@ -57,11 +59,25 @@ class FiniteDifference(Strategy):
         if self.rel_step is not None and not (0 < self.rel_step < 0.5):
             raise ValueError(f"rel_step must be in (0, 0.5), got {self.rel_step}")
 
+    def _rel_step(self, problem, solution):
+        """``rel_step``, or the default shrunk to a tenth of the manifold's margin.
+
+        On a partly smooth problem the solution map has kinks where the active manifold
+        changes, at a relative distance in theta of about its non-degeneracy margin; a
+        stencil that straddles one differences two smooth pieces.
+        """
+        if self.rel_step is not None:
+            return self.rel_step
+        rel = np.finfo(float).eps ** (1 / (self.order + 1))
+        if "manifold" in getattr(problem, "capabilities", ()):
+            rel = min(rel, max(problem.manifold(solution).margin / 10, 1e-9))
+        return rel
+
     def vjp(self, problem, solution, v, warm_start=None):
         """Differences of ``v . x*(theta)`` along each coordinate of theta."""
         warn_if_unconverged(self, solution)
         start = time.perf_counter()
-        rel = self.rel_step or np.finfo(float).eps ** (1 / (self.order + 1))
+        rel = self._rel_step(problem, solution)
         parts = tuple(np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
         v = np.asarray(v, dtype=np.float64)
         grads, n_solves = [], 0
@@ -79,7 +95,7 @@ class FiniteDifference(Strategy):
                     n_solves += 1
                 g[idx] = total / h
             grads.append(g)
-        info = {"iterations": n_solves, "residual": None,
+        info = {"iterations": n_solves, "residual": None, "rel_step": rel,
                 "time": time.perf_counter() - start}
         return like_structure(tuple(grads), solution.theta), info
 
@@ -91,7 +107,7 @@ class FiniteDifference(Strategy):
         """
         warn_if_unconverged(self, solution)
         start = time.perf_counter()
-        rel = self.rel_step or np.finfo(float).eps ** (1 / (self.order + 1))
+        rel = self._rel_step(problem, solution)
         parts = tuple(np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
         dirs = tuple(np.broadcast_to(np.asarray(d, dtype=np.float64), p.shape)
                      for d, p in zip(as_tuple(dtheta), parts))
@@ -107,6 +123,6 @@ class FiniteDifference(Strategy):
             moved = tuple(p + shift * h * d for p, d in zip(parts, dirs))
             total += weight * problem.solve(like_structure(moved, solution.theta),
                                             init=solution.x).x
-        info = {"iterations": len(_STENCILS[self.order]), "residual": None,
+        info = {"iterations": len(_STENCILS[self.order]), "residual": None, "rel_step": rel,
                 "time": time.perf_counter() - start}
         return total / h, info
