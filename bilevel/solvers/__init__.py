@@ -17,6 +17,23 @@ from bilevel.solvers.logistic_l1 import (
     logistic_l1_prox_newton_batched,
 )
 from bilevel.solvers.ridge import ridge_cholesky, ridge_cholesky_batched
+from bilevel.solvers.tv import (
+    diff_adjoint,
+    diff_forward,
+    tv1d_condat,
+    tv1d_condat_batched,
+    tv_dual_from_primal,
+    tv_dual_newton,
+    tv_dual_newton_batched,
+    tv_l2,
+    tv_l2_batched,
+    tv_l2_vjp,
+    tv_l2_vjp_batched,
+    tv_manifold,
+    tv_manifold_vjp,
+    tv_manifold_vjp_batched,
+    tv_project,
+)
 
 __all__ = [
     "KERNELS",
@@ -32,6 +49,21 @@ __all__ = [
     "newton_logistic_l2_batched",
     "ridge_cholesky",
     "ridge_cholesky_batched",
+    "diff_adjoint",
+    "diff_forward",
+    "tv1d_condat",
+    "tv1d_condat_batched",
+    "tv_dual_from_primal",
+    "tv_dual_newton",
+    "tv_dual_newton_batched",
+    "tv_l2",
+    "tv_l2_batched",
+    "tv_l2_vjp",
+    "tv_l2_vjp_batched",
+    "tv_manifold",
+    "tv_manifold_vjp",
+    "tv_manifold_vjp_batched",
+    "tv_project",
     "warmup",
 ]
 
@@ -48,6 +80,21 @@ KERNELS = (
     newton_logistic_l2_batched,
     ridge_cholesky,
     ridge_cholesky_batched,
+    diff_adjoint,
+    diff_forward,
+    tv1d_condat,
+    tv1d_condat_batched,
+    tv_dual_from_primal,
+    tv_dual_newton,
+    tv_dual_newton_batched,
+    tv_l2,
+    tv_l2_batched,
+    tv_l2_vjp,
+    tv_l2_vjp_batched,
+    tv_manifold,
+    tv_manifold_vjp,
+    tv_manifold_vjp_batched,
+    tv_project,
 )
 
 
@@ -76,3 +123,21 @@ def warmup():
         logistic_l1_prox_newton(*design, y, lam, w0, 1e-8, 50)
         logistic_l1_prox_newton_batched(*design, y, lam[None], w0[None], 1e-8, 50)
         logistic_l1_gap(X @ w0, y, lam, w0, X.T @ y)
+    s = np.array([0.0, 1.0, 3.0, 2.0, 2.5])
+    S, lams, zero_tol = np.stack([s, -s]), np.array([0.5, 0.5]), np.array([1e-9, 1e-9])
+    for order in (1, 2, 3):
+        y = tv_l2(s, 0.5, order)
+        tv_l2_batched(S, lams, order)
+        tv_l2_vjp(y, 0.5, order, s)
+        tv_l2_vjp_batched(S, lams, order, S)
+        u0 = np.zeros(5 - order)
+        y, u, _, _ = tv_dual_newton(s, 0.5, order, u0, 1e-12, 50)
+        tv_dual_newton_batched(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
+        tv_dual_from_primal(s, y, order)
+        tv_manifold(s, y, 0.5, order, 1e-9)
+        tv_manifold_vjp(s, y, 0.5, order, s, 1e-9)
+        tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol)
+        tv_project(s, np.arange(5 - order), order)
+        diff_adjoint(diff_forward(s, order), order)
+    tv1d_condat(s, 0.5)
+    tv1d_condat_batched(S, lams)
