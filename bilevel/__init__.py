@@ -4,7 +4,7 @@ r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
           \quad x^*(\theta) \in \arg\min_x E(x, \theta)
 """
 
-from bilevel import losses, problems, strategies
+from bilevel import losses, problems, strategies, torch
 from bilevel._report import CompareReport
 from bilevel._types import (
     ConvergenceWarning,
@@ -42,6 +42,7 @@ __all__ = [
     "minimize",
     "problems",
     "strategies",
+    "torch",
     "value_gradient",
     "vjp",
 ]

@@ -211,7 +211,11 @@ class TV1D(Problem):
     batch_strategies = frozenset({"analytic", "partial_smoothness"})
 
     def solve_batch(self, S, lam):
-        """Solve every row of ``S`` (b, n) with ``lam`` (b,); return ``Y`` (b, n)."""
+        """Solve every row of ``S`` (b, n) with ``lam`` (b,); return ``Y`` (b, n).
+
+        With :meth:`vjp_batch`, the fast path of :class:`bilevel.torch.Layer` for the
+        strategies in ``batch_strategies`` (all exact, all the same formula here).
+        """
         from bilevel.solvers import tv1d_condat_batched, tv_dual_newton_batched, tv_l2_batched
 
         if self.norm == "l2":
@@ -231,11 +235,12 @@ class TV1D(Problem):
         return Y
 
     def vjp_batch(self, S, lam, Y, V):
-        """Exact VJPs for every row: ``(G_s (b, n), g_lam (b,), margins (b,))``."""
+        """Exact VJPs for every row: ``((G_s (b, n), g_lam (b,)), margins (b,))``."""
         from bilevel.solvers import tv_l2_vjp_batched, tv_manifold_vjp_batched
 
         if self.norm == "l2":
             G, g_lam = tv_l2_vjp_batched(Y, lam, self.order, V)
-            return G, g_lam, np.full(S.shape[0], np.inf)
+            return (G, g_lam), np.full(S.shape[0], np.inf)
         tol = _ZERO_TOL * np.maximum(1.0, np.abs(S).max(axis=1))
-        return tv_manifold_vjp_batched(S, Y, lam, self.order, V, tol)
+        G, g_lam, margins = tv_manifold_vjp_batched(S, Y, lam, self.order, V, tol)
+        return (G, g_lam), margins

@@ -20,7 +20,8 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["band_cholesky", "band_solve", "diff_adjoint", "diff_forward", "diff_gram_band",
-           "tv1d_condat", "tv1d_condat_batched", "tv_dual_from_primal", "tv_dual_newton",
+           "tv1d_condat", "tv1d_condat_batched", "tv1d_segments_vjp",
+           "tv_dual_from_primal", "tv_dual_newton",
            "tv_dual_newton_batched", "tv_l1_gap", "tv_l2", "tv_l2_band", "tv_l2_batched",
            "tv_l2_vjp", "tv_l2_vjp_batched", "tv_manifold", "tv_manifold_vjp",
            "tv_manifold_vjp_batched", "tv_project"]
@@ -356,8 +357,51 @@ def tv_manifold(s, y, lam, order, zero_tol):
 
 
 @njit(cache=True)
+def tv1d_segments_vjp(s, y, lam, v, zero_tol):
+    """Order 1 in one pass: segment means of ``v``, ``-sum_j sigma_j (m_{j+1} - m_j)``.
+
+    ``m`` are the means of ``v`` over the constant segments of ``y`` and ``sigma_j`` the
+    sign of the jump between segments; the margin as in :func:`tv_manifold`, with the
+    dual ``u_i = -sum_{j <= i} (s_j - y_j)``.
+    """
+    n = y.shape[0]
+    g = np.empty(n)
+    biggest = 0.0
+    for i in range(n - 1):
+        biggest = max(biggest, abs(y[i + 1] - y[i]))
+    g_lam = 0.0
+    margin = np.inf
+    u = 0.0
+    start = 0
+    total = 0.0
+    prev_mean = 0.0
+    prev_sign = 0.0
+    for i in range(n):
+        u -= s[i] - y[i]
+        total += v[i]
+        step = y[i + 1] - y[i] if i < n - 1 else 0.0
+        if i < n - 1 and abs(step) <= zero_tol:
+            if lam > 0.0:
+                margin = min(margin, 1.0 - abs(u) / lam)
+            continue
+        mean = total / (i + 1 - start)
+        g[start:i + 1] = mean
+        if start > 0:
+            g_lam -= prev_sign * (mean - prev_mean)
+        if i < n - 1:
+            prev_sign = np.sign(step)
+            margin = min(margin, abs(step) / biggest)
+        prev_mean = mean
+        start = i + 1
+        total = 0.0
+    return g, g_lam, margin
+
+
+@njit(cache=True)
 def tv_manifold_vjp(s, y, lam, order, v, zero_tol):
     """``(dy*/ds)^T v = P v`` and ``(dy*/dlam)^T v = -sigma^T D P v``, with the margin."""
+    if order == 1:
+        return tv1d_segments_vjp(s, y, lam, v, zero_tol)
     zero, sigma, margin = tv_manifold(s, y, lam, order, zero_tol)
     pv = tv_project(v, zero, order)
     return pv, -np.dot(sigma, diff_forward(pv, order)), margin
