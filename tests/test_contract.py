@@ -27,6 +27,8 @@ INSTANCES = {
     "lasso-scalar": (bl.problems.Lasso(X, Y), np.asarray(0.1)),
     "lasso-vector": (bl.problems.Lasso(X, Y), np.array([0.1, 0.3, 0.05])),
     "elastic_net-tuple": (bl.problems.ElasticNet(X, Y), (np.asarray(0.1), np.asarray(0.2))),
+    "tv1d-l1": (bl.problems.TV1D(1), (np.array([0.0, 2.0, 3.0]), np.asarray(0.2))),
+    "tv1d-l2": (bl.problems.TV1D(2, "l2"), (np.array([0.0, 2.0, 2.3]), np.asarray(0.3))),
     # tol 1e-12 (Newton-polished): finite differences divide solver error by h ~ 7e-4.
     "smooth-tuple": (bl.problems.Smooth(quadratic, np.zeros(3), step_size=0.2, tol=1e-12),
                      (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))),
@@ -35,7 +37,7 @@ PAIRS = [(k, s) for k, (p, _) in INSTANCES.items() for s in applicable_strategie
 
 
 def test_registry_covers_every_class():
-    assert set(PROBLEMS) == {"ridge", "logistic", "smooth", "lasso", "elastic_net"}
+    assert set(PROBLEMS) == {"ridge", "logistic", "smooth", "lasso", "elastic_net", "tv1d"}
     assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
                                "partial_smoothness", "finite_difference"}
     assert {k.split("-")[0] for k in INSTANCES} == set(PROBLEMS)
