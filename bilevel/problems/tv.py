@@ -29,6 +29,15 @@ __all__ = ["TV1D"]
 
 # |D^k y*|_i below this (relative to max(1, max|s|)) counts as zero: the manifold.
 _ZERO_TOL = 1e-9
+# Batches with fewer entries run serially (see bilevel.solvers.serial).
+_PARALLEL_MIN = 200_000
+
+
+def _kernel(name, S):
+    """Pick the ``prange`` kernel for large batches, its serial twin for small ones."""
+    from bilevel.solvers import tv
+
+    return getattr(tv, name + ("_batched" if S.size >= _PARALLEL_MIN else "_rows"))
 
 
 def torch_diff(y, order):
@@ -216,14 +225,13 @@ class TV1D(Problem):
         With :meth:`vjp_batch`, the fast path of :class:`bilevel.torch.Layer` for the
         strategies in ``batch_strategies`` (all exact, all the same formula here).
         """
-        from bilevel.solvers import tv1d_condat_batched, tv_dual_newton_batched, tv_l2_batched
-
         if self.norm == "l2":
-            return tv_l2_batched(S, lam, self.order)
+            return _kernel("tv_l2", S)(S, lam, self.order)
         if self.order == 1:
-            return tv1d_condat_batched(S, lam)
+            return _kernel("tv1d_condat", S)(S, lam)
         U0 = np.zeros((S.shape[0], S.shape[1] - self.order))
-        Y, _, _, gaps = tv_dual_newton_batched(S, lam, self.order, U0, self.tol, self.max_iter)
+        Y, _, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
+                                                     self.max_iter)
         if np.any(gaps > self.tol):
             import warnings
 
@@ -236,11 +244,9 @@ class TV1D(Problem):
 
     def vjp_batch(self, S, lam, Y, V):
         """Exact VJPs for every row: ``((G_s (b, n), g_lam (b,)), margins (b,))``."""
-        from bilevel.solvers import tv_l2_vjp_batched, tv_manifold_vjp_batched
-
         if self.norm == "l2":
-            G, g_lam = tv_l2_vjp_batched(Y, lam, self.order, V)
+            G, g_lam = _kernel("tv_l2_vjp", S)(Y, lam, self.order, V)
             return (G, g_lam), np.full(S.shape[0], np.inf)
         tol = _ZERO_TOL * np.maximum(1.0, np.abs(S).max(axis=1))
-        G, g_lam, margins = tv_manifold_vjp_batched(S, Y, lam, self.order, V, tol)
+        G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
         return (G, g_lam), margins

@@ -13,18 +13,22 @@ with ``D^k`` the k-th forward difference, shape ``(n - k, n)``. Solvers:
   exact to round-off; stopping rule: the duality gap;
 - l2: the banded system ``(I + lam D^T D) y = s``.
 
-Every kernel has a batched ``prange`` variant over the rows of ``s``.
+Every kernel has a batched ``prange`` variant over the rows of ``s`` and its serial twin
+(``*_rows``) for small batches.
 """
 
 import numpy as np
 from numba import njit, prange
+
+from bilevel.solvers.serial import serial_twin
 
 __all__ = ["band_cholesky", "band_solve", "diff_adjoint", "diff_forward", "diff_gram_band",
            "tv1d_condat", "tv1d_condat_batched", "tv1d_segments_vjp",
            "tv_dual_from_primal", "tv_dual_newton",
            "tv_dual_newton_batched", "tv_l1_gap", "tv_l2", "tv_l2_band", "tv_l2_batched",
            "tv_l2_vjp", "tv_l2_vjp_batched", "tv_manifold", "tv_manifold_vjp",
-           "tv_manifold_vjp_batched", "tv_project"]
+           "tv_manifold_vjp_batched", "tv_project", "tv1d_condat_rows", "tv_dual_newton_rows",
+           "tv_l2_rows", "tv_l2_vjp_rows", "tv_manifold_vjp_rows"]
 
 
 @njit(cache=True)
@@ -435,3 +439,10 @@ def tv_l2_vjp_batched(Y, lam, order, V):
     for i in prange(Y.shape[0]):
         G[i], g_lam[i] = tv_l2_vjp(Y[i], lam[i], order, V[i])
     return G, g_lam
+
+
+tv1d_condat_rows = serial_twin(tv1d_condat_batched, "tv1d_condat_rows")
+tv_dual_newton_rows = serial_twin(tv_dual_newton_batched, "tv_dual_newton_rows")
+tv_l2_rows = serial_twin(tv_l2_batched, "tv_l2_rows")
+tv_l2_vjp_rows = serial_twin(tv_l2_vjp_batched, "tv_l2_vjp_rows")
+tv_manifold_vjp_rows = serial_twin(tv_manifold_vjp_batched, "tv_manifold_vjp_rows")

@@ -77,9 +77,10 @@ def _batch_layout(theta, base_ndims):
             raise ValueError(f"a parameter of shape {tuple(t.shape)} has fewer than its {base} "
                              "instance dimension(s)")
         batch_shapes.append(tuple(t.shape[:extra]))
+    distinct = {b for b in batch_shapes if b}
     try:
-        batch = tuple(torch.broadcast_shapes(*batch_shapes))
-    except RuntimeError as exc:
+        batch = distinct.pop() if len(distinct) == 1 else np.broadcast_shapes(*batch_shapes)
+    except ValueError as exc:
         raise ValueError(f"batch dimensions do not broadcast: {batch_shapes}") from exc
     size = math.prod(batch)
     parts = []
