@@ -22,16 +22,21 @@ from bilevel.solvers.tv import (
     diff_forward,
     tv1d_condat,
     tv1d_condat_batched,
+    tv1d_condat_rows,
     tv_dual_from_primal,
     tv_dual_newton,
     tv_dual_newton_batched,
+    tv_dual_newton_rows,
     tv_l2,
     tv_l2_batched,
+    tv_l2_rows,
     tv_l2_vjp,
     tv_l2_vjp_batched,
+    tv_l2_vjp_rows,
     tv_manifold,
     tv_manifold_vjp,
     tv_manifold_vjp_batched,
+    tv_manifold_vjp_rows,
     tv_project,
 )
 
@@ -64,6 +69,11 @@ __all__ = [
     "tv_manifold_vjp",
     "tv_manifold_vjp_batched",
     "tv_project",
+    "tv1d_condat_rows",
+    "tv_dual_newton_rows",
+    "tv_l2_rows",
+    "tv_l2_vjp_rows",
+    "tv_manifold_vjp_rows",
     "warmup",
 ]
 
@@ -95,6 +105,11 @@ KERNELS = (
     tv_manifold_vjp,
     tv_manifold_vjp_batched,
     tv_project,
+    tv1d_condat_rows,
+    tv_dual_newton_rows,
+    tv_l2_rows,
+    tv_l2_vjp_rows,
+    tv_manifold_vjp_rows,
 )
 
 
@@ -137,7 +152,12 @@ def warmup():
         tv_manifold(s, y, 0.5, order, 1e-9)
         tv_manifold_vjp(s, y, 0.5, order, s, 1e-9)
         tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol)
+        tv_manifold_vjp_rows(S, S, lams, order, S, zero_tol)
+        tv_l2_rows(S, lams, order)
+        tv_l2_vjp_rows(S, lams, order, S)
+        tv_dual_newton_rows(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
         tv_project(s, np.arange(5 - order), order)
         diff_adjoint(diff_forward(s, order), order)
     tv1d_condat(s, 0.5)
     tv1d_condat_batched(S, lams)
+    tv1d_condat_rows(S, lams)
