@@ -204,3 +204,14 @@ def test_layer_and_problem_reject_bad_input():
         layer(torch.ones(3, 5), torch.ones(2))
     with pytest.raises(ValueError, match="theta_ndim"):
         bl.torch.Layer(bl.problems.Lasso(np.eye(3), np.ones(3)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_layer_keeps_cuda_tensors_on_the_device():
+    layer = bl.torch.Layer(bl.problems.TV1D(1), "analytic")
+    s = torch.tensor([[0.0, 0.0, 3.0, 3.0]], device="cuda", requires_grad=True)
+    lam = torch.tensor(0.5, device="cuda", requires_grad=True)
+    y = layer(s, lam)
+    y.sum().backward()
+    assert y.device.type == s.grad.device.type == lam.grad.device.type == "cuda"
+    np.testing.assert_allclose(y.detach().cpu().numpy(), [[0.25, 0.25, 2.75, 2.75]])
