@@ -29,6 +29,8 @@ __all__ = ["TV1D"]
 
 # |D^k y*|_i below this (relative to max(1, max|s|)) counts as zero: the manifold.
 _ZERO_TOL = 1e-9
+# Longest signal for the dense dual map of the l1 step (Unroll, FixedPoint).
+_DENSE_MAX = 4000
 # Batches with fewer entries run serially (see bilevel.solvers.serial).
 _PARALLEL_MIN = 200_000
 
@@ -173,6 +175,9 @@ class TV1D(Problem):
 
     def _dual_map(self, n):
         """Dense ``(D D^T)^{-1} D`` for signals of length n (cached)."""
+        if n > _DENSE_MAX:
+            raise ValueError(f"the l1 step map of TV1D is dense (n x n): n = {n} > {_DENSE_MAX}; "
+                             "differentiate long signals with partial_smoothness or analytic")
         if n not in self._dual_maps:
             D = np.diff(np.eye(n), self.order, axis=0)
             self._dual_maps[n] = torch.from_numpy(np.linalg.solve(D @ D.T, D))
