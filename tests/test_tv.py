@@ -197,6 +197,8 @@ def test_layer_and_problem_reject_bad_input():
         bl.problems.TV1D(4)
     with pytest.raises(ValueError, match="norm must be"):
         bl.problems.TV1D(1, "l3")
+    with pytest.raises(ValueError, match="partial_smoothness or analytic"):
+        bl.vjp(bl.problems.TV1D(1), (np.zeros(4001), 1.0), np.ones(4001), "fixed_point")
     layer = bl.torch.Layer(prob, "partial_smoothness")
     with pytest.raises(ValueError, match="takes 2 parameter tensors"):
         layer(torch.ones(5))
