@@ -1,0 +1,289 @@
+"""Projection and EntropicSimplex: forwards against closed forms, bisection and cvxpy, VJPs
+against finite differences, closed-form Jacobians and implicit differentiation, layers
+against loops."""
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import bilevel as bl
+
+SETS = ("l2_sphere", "l2_ball", "l1_sphere", "l1_ball", "linf_ball", "simplex")
+
+
+@st.composite
+def points(draw, max_n=10):
+    n = draw(st.integers(2, max_n))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    return draw(st.floats(0.1, 4.0)) * rng.standard_normal(n), draw(st.floats(0.2, 5.0))
+
+
+def threshold(u, r):
+    """tau with sum max(u - tau, 0) = r, by bisection (independent of the sort)."""
+    lo, hi = u.min() - r, u.max()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.maximum(u - mid, 0).sum() > r else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def reference(x, kind, r):
+    """The projections written out independently (closed forms and bisection)."""
+    nx, l1 = np.linalg.norm(x), np.abs(x).sum()
+    if kind == "l2_sphere" or (kind == "l2_ball" and nx > r):
+        return r * x / nx
+    if kind in ("l2_ball", "l1_ball") and (nx <= r if kind == "l2_ball" else l1 <= r):
+        return x
+    if kind == "linf_ball":
+        return np.clip(x, -r, r)
+    if kind == "simplex":
+        return np.maximum(x - threshold(x, r), 0)
+    s = np.where(x < 0, -1.0, 1.0)
+    return s * np.maximum(np.abs(x) - threshold(np.abs(x), r), 0)
+
+
+def jacobian_zero(x, y, kind, r):
+    """The exact Jacobian, built densely from the formulas (masked plateau dimensions)."""
+    n = x.size
+    nx, l1 = np.linalg.norm(x), np.abs(x).sum()
+    if (kind == "l2_ball" and nx <= r) or (kind == "l1_ball" and l1 <= r):
+        return np.eye(n)
+    if kind in ("l2_sphere", "l2_ball"):
+        u = x / nx
+        return r / nx * (np.eye(n) - np.outer(u, u))
+    if kind == "linf_ball":
+        return np.diag((np.abs(x) <= r).astype(float))
+    m = (y != 0).astype(float)
+    s = np.sign(y) if kind != "simplex" else m
+    return np.diag(m) - np.outer(s, s) / m.sum()
+
+
+def jacobian_tangent(x, y, kind, r):
+    """Proposition 4.5 unmasked: I - a a^T / ||a||^2, a the min-norm subgradient of h."""
+    n = x.size
+    if kind == "simplex":
+        a = np.ones(n)
+    elif kind == "linf_ball":
+        if np.abs(x).max() <= r:
+            return np.eye(n)
+        a = np.sign(x) * (np.abs(x) > r)
+    elif kind == "l1_ball" and np.abs(x).sum() <= r:
+        return np.eye(n)
+    elif kind.startswith("l1"):
+        a = np.sign(y)
+    else:
+        return jacobian_zero(x, y, kind, r)
+    return np.eye(n) - np.outer(a, a) / (a @ a)
+
+
+def stable(prob, x):
+    """Away from kinks: the projection is differentiable in a 1e-3 neighbourhood."""
+    return prob.solve(x).info["margin"] > 1e-3
+
+
+# --- forward ------------------------------------------------------------------------------
+@given(points(), st.sampled_from(SETS))
+def test_projection_matches_the_reference(instance, kind):
+    x, r = instance
+    sol = bl.problems.Projection(kind, r).solve(x)
+    assert sol.converged and sol.x.shape == x.shape
+    # Sorting vs 200 bisection steps: both exact to a few ulps of max(|x|, r).
+    np.testing.assert_allclose(sol.x, reference(x, kind, r), rtol=0,
+                               atol=1e-13 * max(np.abs(x).max(), r))
+
+
+@given(points(max_n=6), st.sampled_from(["l2_ball", "l1_ball", "simplex", "linf_ball"]))
+def test_convex_projections_match_cvxpy(instance, kind):
+    cp = pytest.importorskip("cvxpy")
+    x, r = instance
+    u = cp.Variable(x.size)
+    cons = {"l2_ball": [cp.norm(u, 2) <= r], "l1_ball": [cp.norm(u, 1) <= r],
+            "linf_ball": [cp.norm(u, "inf") <= r], "simplex": [u >= 0, cp.sum(u) == r]}[kind]
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(u - x)), cons).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    y = bl.problems.Projection(kind, r).solve(x).x
+    # Clarabel at gap/feasibility 1e-10 (tighter warns "inaccurate"): an interior point.
+    np.testing.assert_allclose(y, u.value, atol=1e-7 * max(1.0, r))
+
+
+def test_projections_batch_over_leading_axes(rng):
+    x = rng.standard_normal((3, 2, 5)) * 2
+    for kind in SETS:
+        prob = bl.problems.Projection(kind, 1.5)
+        Y = prob.solve(x).x
+        loop = np.array([[prob.solve(x[i, j]).x for j in range(2)] for i in range(3)])
+        np.testing.assert_array_equal(Y, loop)
+
+
+def test_l2_sphere_at_zero_is_degenerate():
+    prob = bl.problems.Projection("l2_sphere", 2.0)
+    sol = prob.solve(np.zeros(4))
+    np.testing.assert_allclose(sol.x, np.ones(4))          # r 1 / sqrt(n), documented
+    assert sol.info["margin"] == 0.0
+    layer = bl.torch.Layer(prob)
+    x = torch.zeros(1, 4, requires_grad=True)
+    with pytest.warns(bl.DegeneracyWarning, match="degenerate"):
+        layer(x).sum().backward()
+    assert torch.all(x.grad == 0)
+
+
+# --- VJPs ---------------------------------------------------------------------------------
+@given(points(), st.sampled_from(SETS))
+def test_exact_vjp_equals_closed_form_and_finite_differences(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(stable(prob, x))
+    y = prob.solve(x).x
+    v = np.random.default_rng(0).standard_normal(x.size)
+    g = bl.vjp(prob, x, v, "analytic")
+    # Closed form: the same formula written densely, round-off only.
+    np.testing.assert_allclose(g, jacobian_zero(x, y, kind, r).T @ v, rtol=1e-12, atol=1e-13)
+    # Fourth-order central differences on the solve (margin > 1e-3: no kink within h).
+    fd = bl.vjp(prob, x, v, "finite_difference")
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+@given(points(), st.sampled_from(SETS))
+def test_tangent_option_is_the_unmasked_proposition_4_5_gradient(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r, plateau="tangent")
+    assume(stable(prob, x))
+    y = prob.solve(x).x
+    v = np.random.default_rng(1).standard_normal(x.size)
+    g = bl.vjp(prob, x, v, "analytic")
+    np.testing.assert_allclose(g, jacobian_tangent(x, y, kind, r).T @ v, rtol=1e-12,
+                               atol=1e-13)
+    # Without plateau dimensions the two options agree.
+    plateau = {"l1_sphere": y == 0, "l1_ball": (y == 0) & (np.abs(x).sum() > r),
+               "simplex": y == 0, "linf_ball": np.abs(x) > r}.get(kind, np.zeros(x.size, bool))
+    exact = bl.vjp(bl.problems.Projection(kind, r), x, v, "analytic")
+    if not plateau.any() and not (kind == "linf_ball"):
+        np.testing.assert_allclose(g, exact, rtol=1e-12, atol=1e-13)
+    if kind == "linf_ball" and plateau.sum() <= 1:
+        np.testing.assert_allclose(g, exact, rtol=1e-12, atol=1e-13)
+
+
+@given(points(max_n=6), st.sampled_from(SETS))
+def test_step_strategies_and_torch_projection_agree_with_analytic(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(stable(prob, x))
+    y = prob.solve(x).x
+    # The torch projection (autograd through sort/gather) is another implementation.
+    np.testing.assert_allclose(prob.project(torch.tensor(x)).numpy(), y, rtol=0,
+                               atol=1e-13 * max(np.abs(x).max(), r))
+    v = np.random.default_rng(3).standard_normal(x.size)
+    g = bl.vjp(prob, x, v, "analytic")
+    # Fixed point of P((y + x)/2): contraction 1/2 on the manifold; GMRES to 1e-12.
+    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
+    np.testing.assert_allclose(bl.vjp(prob, x, v, fp), g, rtol=1e-9, atol=1e-11)
+
+
+def test_l1_plateau_dimensions():
+    x = np.array([3.0, 1.0, 0.2])                  # tau = 1.5: y = (1.5, 0, 0)... r = 1.5
+    for plateau, expected in (("zero", [0.0, 0.0, 0.0]), ("tangent", [0.0, 1.0, 1.0])):
+        prob = bl.problems.Projection("l1_ball", 1.5, plateau=plateau)
+        np.testing.assert_allclose(prob.solve(x).x, [1.5, 0.0, 0.0])
+        # A cotangent on every coordinate: the active one has zero derivative either way
+        # (|S| = 1: y_0 = r), the plateau ones zero ("zero") or one ("tangent").
+        np.testing.assert_allclose(bl.vjp(prob, x, np.ones(3), "analytic"), expected)
+
+
+# --- the torch layer ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", SETS)
+def test_projection_layer_equals_a_loop_and_gradcheck(kind, rng):
+    prob = bl.problems.Projection(kind, 1.2)
+    layer = bl.torch.Layer(prob)
+    x = rng.standard_normal((3, 4, 6))
+    x_t = torch.tensor(x, requires_grad=True)
+    y = layer(x_t)
+    np.testing.assert_array_equal(y.detach().numpy(), prob.solve(x).x)
+    w = torch.tensor(rng.standard_normal(x.shape))
+    (y * w).sum().backward()
+    loop = np.array([[bl.vjp(prob, x[i, j], w.numpy()[i, j], "analytic") for j in range(4)]
+                     for i in range(3)])
+    np.testing.assert_allclose(x_t.grad.numpy(), loop, rtol=1e-15, atol=1e-15)
+    xs = x_t.detach()[:1, :2].clone().requires_grad_()
+    assert torch.autograd.gradcheck(layer, (xs,), atol=1e-6)
+
+
+def test_layers_float32_path(rng):
+    for prob in (bl.problems.Projection("simplex", 1.0), bl.problems.EntropicSimplex()):
+        layer = bl.torch.Layer(prob)
+        x = torch.tensor(rng.standard_normal((8, 5)), dtype=torch.float32, requires_grad=True)
+        y = layer(x)
+        assert y.dtype == torch.float32
+        (y[:, 0]).sum().backward()
+        assert x.grad.dtype == torch.float32
+        # Rows of the simplex sum to 1, so the gradient of any row sum is orthogonal to 1.
+        np.testing.assert_allclose(y.detach().sum(-1).numpy(), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(x.grad.sum(-1).numpy(), 0.0, atol=1e-6)
+
+
+# --- EntropicSimplex ------------------------------------------------------------------------
+@given(points(max_n=8))
+def test_entropic_simplex_is_the_softmax_and_its_vjps_agree(instance):
+    z, _ = instance
+    prob = bl.problems.EntropicSimplex()
+    p = prob.solve(z).x
+    np.testing.assert_allclose(p, scipy.special.softmax(z), rtol=1e-14, atol=1e-16)
+    v = np.random.default_rng(2).standard_normal(z.size)
+    J = np.diag(p) - np.outer(p, p)
+    g = bl.vjp(prob, z, v, "analytic")
+    np.testing.assert_allclose(g, J @ v, rtol=1e-12, atol=1e-15)
+    # Implicit on the KKT residual: a dense solve (condition ~ 1/min p): 1e-9.
+    np.testing.assert_allclose(bl.vjp(prob, z, v, "implicit"), g, rtol=1e-9, atol=1e-12)
+    # Mirror-descent fixed point, contraction 1/2: the Neumann series to 1e-9.
+    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
+    np.testing.assert_allclose(bl.vjp(prob, z, v, fp), g, rtol=1e-8, atol=1e-11)
+    np.testing.assert_allclose(bl.vjp(prob, z, v, "finite_difference"), g, rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_entropic_simplex_minimizes_its_energy(rng):
+    prob = bl.problems.EntropicSimplex()
+    z = rng.standard_normal(5)
+    p = prob.solve(z).x
+
+    def energy(x):
+        return float(prob.energy(torch.tensor(x), torch.tensor(z)))
+
+    others = rng.dirichlet(np.ones(5), size=200)
+    assert energy(p) <= min(energy(q) for q in others)
+    # Its value is -logsumexp(z) (the log-partition function).
+    np.testing.assert_allclose(energy(p), -scipy.special.logsumexp(z), rtol=1e-13)
+    step = prob.step(torch.tensor(p), torch.tensor(z)).numpy()
+    np.testing.assert_allclose(step, p, rtol=1e-14)         # a fixed point
+
+
+def test_entropic_layer_equals_torch_softmax(rng):
+    layer = bl.torch.Layer(bl.problems.EntropicSimplex())
+    z = torch.tensor(rng.standard_normal((4, 3, 6)), requires_grad=True)
+    z2 = z.detach().clone().requires_grad_()
+    w = torch.tensor(rng.standard_normal((4, 3, 6)))
+    (layer(z) * w).sum().backward()
+    (torch.softmax(z2, -1) * w).sum().backward()
+    np.testing.assert_allclose(z.grad.numpy(), z2.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+# --- bad input ----------------------------------------------------------------------------
+def test_bad_input_raises_value_error():
+    for radius in (-1.0, 0.0, float("nan"), "big"):
+        with pytest.raises(ValueError, match="radius"):
+            bl.problems.Projection("l2_ball", radius)
+    with pytest.raises(ValueError, match="set must be one of"):
+        bl.problems.Projection("l3_ball")
+    with pytest.raises(ValueError, match="plateau must be"):
+        bl.problems.Projection("l1_ball", plateau="identity")
+    with pytest.raises(ValueError, match="step_size"):
+        bl.problems.EntropicSimplex(step_size=1.5)
+    for prob in (bl.problems.Projection("simplex"), bl.problems.EntropicSimplex()):
+        with pytest.raises(ValueError, match="NaN"):
+            prob.solve(np.array([1.0, np.inf]))
+        with pytest.raises(ValueError, match="at least one dimension"):
+            prob.solve(np.asarray(1.0))
+        with pytest.raises(ValueError, match="v must have shape"):
+            bl.vjp(prob, np.ones(3), np.ones(2), "analytic")
