@@ -1,0 +1,266 @@
+r"""Linear programs whose optimal value is differentiated through the dual solution.
+
+.. math:: p(u) = \min_x \|Ax - u\|_1
+          = \max_{y}\ \{\langle u, y\rangle : A^\top y = 0,\ \|y\|_\infty \le 1\},
+          \qquad \nabla p(u) = y^*,
+
+and, in standard form, ``p(b, c) = min {c^T x : A x = b, x >= 0}`` with
+``grad_b p = y*`` (the equality multipliers) and ``grad_c p = x*``. Neither energy is
+strongly convex in ``x``: the minimizer may be a face, but the value is differentiable
+wherever the dual solution is unique (Mehmood and Ochs, "Differentiating the value
+function by using convex duality", AISTATS 2021).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bilevel._registry import register_problem
+from bilevel._types import Dual, as_tuple
+from bilevel.problems.base import Problem, check_array
+
+__all__ = ["LeastAbsoluteDeviation", "LinearProgram", "lagrangian_dual"]
+
+# Residuals below this (relative to max(1, |u|_inf)) count as interpolated rows.
+_ZERO_TOL = 1e-9
+
+
+def _linprog(c, **kwargs):
+    import scipy.optimize  # deferred: keeps `import bilevel` light
+
+    result = scipy.optimize.linprog(c, method="highs", **kwargs)
+    if result.status != 0:
+        raise ValueError(f"the linear program could not be solved: {result.message}")
+    return result
+
+
+@register_problem
+class LeastAbsoluteDeviation(Problem):
+    r"""Least absolute deviations ``min_x ||A x - u||_1``; theta is ``u``.
+
+    Parameters
+    ----------
+    A : ndarray, shape (m, n)
+        Design, ``m > n``, full column rank.
+
+    Notes
+    -----
+    Solved as the linear program ``min 1^T t`` s.t. ``-t <= A x - u <= t`` by HiGHS
+    (:func:`scipy.optimize.linprog`), whose inequality multipliers give the dual solution
+    ``y*`` and so ``grad p(u) = y*`` (``dual``). The dual iterates of a primal-dual method
+    (:func:`bilevel.solvers.lad_pdhg`) give a derivative sequence ``Dual.iterates`` that
+    converges to it. At a non-degenerate vertex, ``n`` rows ``Z`` are interpolated,
+    ``A_Z x* = u_Z``, so ``dx*/du = A_Z^{-1}`` on those rows (``analytic_vjp``).
+    Capabilities: ``dual``, ``analytic_vjp``, ``energy``.
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> prob = bl.problems.LeastAbsoluteDeviation(np.ones((3, 1)))   # the median
+    >>> u = np.array([0.0, 1.0, 5.0])
+    >>> float(prob.solve(u).x[0]), bl.value_gradient(prob, u)[1]      # sign(u - median)
+    (1.0, array([-1.,  0.,  1.]))
+    """
+
+    name = "lad"
+    theta_ndim = (1,)
+    capabilities = frozenset({"dual", "analytic_vjp", "energy"})
+    tol = 1e-9
+
+    def __init__(self, A):
+        self.A = np.ascontiguousarray(check_array(A, "A", ndim=2))
+        m, n = self.A.shape
+        if m <= n:
+            raise ValueError(f"A must have more rows than columns for a unique fit, got {A.shape}")
+        self._At = torch.from_numpy(self.A)
+        self._norm = float(np.linalg.norm(self.A, 2))
+
+    def __repr__(self):
+        return f"LeastAbsoluteDeviation(A of shape {self.A.shape})"
+
+    def check_theta(self, theta):
+        """``u`` of shape (m,), finite."""
+        if isinstance(theta, (tuple, list)):
+            if len(theta) != 1:
+                raise ValueError("LeastAbsoluteDeviation takes theta = u of shape (m,)")
+            theta = theta[0]
+        return (check_array(theta, "u", shape=(self.A.shape[0],)),)
+
+    def init(self, parts):
+        """Zeros."""
+        return np.zeros(self.A.shape[1])
+
+    def _lp(self, u):
+        m, n = self.A.shape
+        eye = np.eye(m)
+        result = _linprog(np.r_[np.zeros(n), np.ones(m)],
+                          A_ub=np.block([[self.A, -eye], [-self.A, -eye]]), b_ub=np.r_[u, -u],
+                          bounds=[(None, None)] * n + [(0, None)] * m)
+        y = result.ineqlin.marginals[:m] - result.ineqlin.marginals[m:]
+        return result.x[:n], y, int(result.nit)
+
+    def _solve(self, theta, x0):
+        u = np.asarray(as_tuple(theta)[0], dtype=np.float64)
+        x, y, n_iter = self._lp(u)
+        primal = float(np.abs(self.A @ x - u).sum())
+        # Certificate: dual feasibility and the duality gap, relative to the value.
+        residual = max(float(np.abs(self.A.T @ y).max()), max(np.abs(y).max() - 1.0, 0.0),
+                       abs(primal - float(u @ y)) / max(1.0, primal))
+        return x, n_iter, residual, {"dual": y, "value": primal}
+
+    # torch maps -----------------------------------------------------------------------
+    def energy(self, x, theta):
+        """Evaluate ``||A x - u||_1``."""
+        return torch.abs(self._At @ x - as_tuple(theta)[0]).sum()
+
+    def dual(self, solution):
+        """``grad p(u) = y*`` from HiGHS; ``iterates(n)``: ``-y_k`` of the primal-dual method."""
+        from bilevel.solvers import lad_pdhg
+
+        u = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        m, n = self.A.shape
+        step = 0.99 / max(self._norm, 1e-300)
+
+        def iterates(n_steps):
+            _, _, Y = lad_pdhg(self.A, u, np.zeros(n), np.zeros(m), step, step, int(n_steps))
+            return list(-Y)
+
+        y = solution.info["dual"]
+        return Dual(value=solution.info["value"], gradient=y.copy(), y=y,
+                    gap=solution.info["residual"], iterates=iterates,
+                    info={"method": "HiGHS dual simplex multipliers"})
+
+    def analytic_vjp(self, solution, v):
+        """``dx*/du = A_Z^{-1}`` on the interpolated rows ``Z``."""
+        u = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        r = self.A @ solution.x - u
+        Z = np.flatnonzero(np.abs(r) <= _ZERO_TOL * max(1.0, float(np.abs(u).max())))
+        n = self.A.shape[1]
+        if Z.size != n:
+            raise ValueError(f"the LAD fit is degenerate ({Z.size} interpolated rows for {n} "
+                             "unknowns): x* may not be differentiable; use finite_difference")
+        g = np.zeros(u.shape)
+        g[Z] = np.linalg.solve(self.A[Z].T, np.asarray(v, dtype=np.float64))
+        return (g,)
+
+
+@register_problem
+class LinearProgram(Problem):
+    r"""A linear program in standard form, ``min c^T x`` s.t. ``A x = b``, ``x >= 0``.
+
+    theta is ``(b, c)``: a parameter in the constraints and one in the objective.
+
+    Parameters
+    ----------
+    A : ndarray, shape (m, n)
+        Constraint matrix of full row rank.
+
+    Notes
+    -----
+    Solved by HiGHS (:func:`scipy.optimize.linprog`). The value ``p(b, c)`` has
+    ``grad_b p = y*`` (the multipliers of ``A x = b``) and ``grad_c p = x*`` wherever
+    they are unique (``dual``). At a non-degenerate basis ``B``, ``x*_B = A_B^{-1} b``:
+    ``dx*/db = A_B^{-1}`` and ``dx*/dc = 0`` (``analytic_vjp``).
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> prob = bl.problems.LinearProgram(np.ones((1, 2)))    # min c^T x, x1 + x2 = b
+    >>> value, (g_b, g_c) = bl.value_gradient(prob, (np.array([2.0]), np.array([1.0, 3.0])))
+    >>> value, g_b, g_c
+    (2.0, array([1.]), array([2., 0.]))
+    """
+
+    name = "linear_program"
+    theta_ndim = (1, 1)
+    capabilities = frozenset({"dual", "analytic_vjp"})
+    tol = 1e-9
+
+    def __init__(self, A):
+        self.A = np.ascontiguousarray(check_array(A, "A", ndim=2))
+
+    def __repr__(self):
+        return f"LinearProgram(A of shape {self.A.shape})"
+
+    def check_theta(self, theta):
+        """``(b, c)``: b of shape (m,), c of shape (n,)."""
+        if not isinstance(theta, (tuple, list)) or len(theta) != 2:
+            raise ValueError("LinearProgram takes theta = (b, c)")
+        m, n = self.A.shape
+        return check_array(theta[0], "b", shape=(m,)), check_array(theta[1], "c", shape=(n,))
+
+    def init(self, parts):
+        """Zeros."""
+        return np.zeros(self.A.shape[1])
+
+    def _solve(self, theta, x0):
+        b, c = (np.asarray(t, dtype=np.float64) for t in theta)
+        result = _linprog(c, A_eq=self.A, b_eq=b, bounds=[(0, None)] * self.A.shape[1])
+        x, y = result.x, result.eqlin.marginals
+        reduced = c - self.A.T @ y
+        scale = max(1.0, float(np.abs(c).max()))
+        residual = max(float(np.abs(self.A @ x - b).max()), max(-float(reduced.min()), 0.0),
+                       float(np.abs(reduced * x).max()) / scale)
+        return x, int(result.nit), residual, {"dual": y, "value": float(result.fun)}
+
+    def dual(self, solution):
+        """``(grad_b p, grad_c p) = (y*, x*)``."""
+        y = solution.info["dual"]
+        return Dual(value=solution.info["value"], gradient=(y.copy(), solution.x.copy()), y=y,
+                    gap=solution.info["residual"], info={"method": "HiGHS multipliers"})
+
+    def analytic_vjp(self, solution, v):
+        """``(A_B^{-T} v_B, 0)`` on the basis ``B`` (the positive entries of ``x*``)."""
+        b, c = (np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
+        basis = np.flatnonzero(solution.x > _ZERO_TOL * max(1.0, float(np.abs(solution.x).max())))
+        if basis.size != self.A.shape[0]:
+            raise ValueError(f"the basis is degenerate ({basis.size} positive entries for "
+                             f"{self.A.shape[0]} constraints); use finite_difference")
+        g_b = np.linalg.solve(self.A[:, basis].T, np.asarray(v, dtype=np.float64)[basis])
+        return g_b, np.zeros(c.shape)
+
+
+def lagrangian_dual(problem, solution):
+    r"""Return the dual certificate of a constrained problem from its KKT multipliers.
+
+    For ``p(theta) = min f(x, theta)`` s.t. ``h(x, theta) = 0``, ``g(x, theta) <= 0`` with
+    multipliers ``nu``, ``lam`` at ``x*``, the gradient of the value is that of the
+    Lagrangian in theta (the envelope theorem for constrained problems):
+
+    .. math:: \nabla p(\theta) = \nabla_\theta\big(f + \nu^\top h + \lambda^\top g\big)
+              (x^*, \theta).
+
+    Parameters
+    ----------
+    problem : Problem
+        With torch maps ``objective``, ``eq``, ``ineq`` (as :class:`Constrained`).
+    solution : Solution
+        With ``info["nu"]`` and ``info["lam"]``.
+
+    Returns
+    -------
+    Dual
+        ``y = concat(nu, lam)``; a problem offers the ``dual`` capability by returning it
+        from its ``dual(solution)`` method.
+    """
+    from bilevel._autograd import pullback
+    from bilevel._types import like_structure
+
+    parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
+                  for t in as_tuple(solution.theta))
+    theta = like_structure(parts, solution.theta)
+    x = torch.from_numpy(np.asarray(solution.x, dtype=np.float64))
+    nu = np.asarray(solution.info.get("nu", np.zeros(0)), dtype=np.float64)
+    lam = np.asarray(solution.info.get("lam", np.zeros(0)), dtype=np.float64)
+    with torch.enable_grad():
+        value = problem.objective(x, theta)
+        lagrangian = value
+        for mult, fn in ((nu, problem.eq), (lam, problem.ineq)):
+            c = fn(x, theta) if mult.size else None
+            if c is not None:
+                lagrangian = lagrangian + (torch.from_numpy(mult) * c.reshape(-1)).sum()
+        grads = pullback(lagrangian, parts, np.ones(()))
+    return Dual(value=float(value.detach()), gradient=like_structure(grads, solution.theta),
+                y=np.concatenate([nu, lam]), gap=float(solution.info.get("residual", 0.0)),
+                info={"method": "Lagrange multipliers"})
