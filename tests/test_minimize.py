@@ -68,3 +68,20 @@ def test_lbfgs_line_search_moves_ridge_to_its_optimum():
     assert result.loss == pytest.approx(best.fun, rel=1e-8)   # flat at the optimum
     assert np.log(float(result.theta)) == pytest.approx(best.x, abs=1e-4)
     assert result.history["theta"][0] == pytest.approx(3.0, rel=1e-15)   # starts at theta0
+
+
+def test_trainable_learns_lam_only_and_keeps_the_signal_fixed():
+    rng = np.random.default_rng(3)
+    clean = np.repeat([0.0, 2.0, -1.0, 1.0], 25)
+    noisy = clean + 0.5 * rng.standard_normal(clean.size)
+    problem, loss = bl.problems.TV1D(1), bl.losses.Reconstruction(clean)
+    f = lambda t: loss.value_and_grad(problem.solve((noisy, np.exp(t))).x)[0]  # noqa: E731
+    best = scipy.optimize.minimize_scalar(f, bounds=(np.log(1e-2), np.log(1e2)),
+                                          method="bounded", options={"xatol": 1e-9})
+    result = bl.minimize(problem, loss, (noisy, 1.0), optimizer="lbfgs", steps=20,
+                         log_scale=True, trainable=(False, True), progress=False)
+    np.testing.assert_array_equal(result.theta[0], noisy)        # the fixed part
+    # The loss is piecewise smooth in lam (the jump set changes): compare values.
+    assert result.loss == pytest.approx(best.fun, rel=1e-6)
+    with pytest.raises(ValueError, match="trainable must give one bool per theta part"):
+        bl.minimize(problem, loss, (noisy, 1.0), trainable=(True,), progress=False)

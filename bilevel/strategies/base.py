@@ -17,7 +17,7 @@ import torch
 
 from bilevel._types import ConvergenceWarning, as_tuple, like_structure
 
-__all__ = ["Strategy", "theta_tensors", "warn_if_unconverged"]
+__all__ = ["Strategy", "step_hooks", "theta_tensors", "warn_if_unconverged"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,21 @@ def theta_tensors(theta, requires_grad=False):
     parts = tuple(torch.tensor(np.asarray(t, dtype=np.float64), requires_grad=requires_grad)
                   for t in as_tuple(theta))
     return parts, like_structure(parts, theta)
+
+
+def step_hooks(problem):
+    """Return ``(init_state, solution_state, output)`` of a problem's ``step`` iteration.
+
+    ``step`` maps a state ``z`` to the next; for most problems the state is ``x`` itself.
+    A problem whose iteration carries more (a primal-dual pair, e.g.
+    :class:`~bilevel.problems.TV2D`) defines ``step_init(parts)`` (the start ``z_0``),
+    ``step_state(solution)`` (``z*``) and ``step_output(z, theta)`` (``x`` read off ``z``,
+    in torch).
+    """
+    init_state = getattr(problem, "step_init", problem.init)
+    solution_state = getattr(problem, "step_state", lambda solution: solution.x)
+    output = getattr(problem, "step_output", lambda z, theta: z)
+    return init_state, solution_state, output
 
 
 def warn_if_unconverged(strategy, solution):

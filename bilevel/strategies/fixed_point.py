@@ -24,7 +24,7 @@ from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
 from bilevel._types import like_structure
 from bilevel.linalg import solve
-from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
+from bilevel.strategies.base import Strategy, step_hooks, theta_tensors, warn_if_unconverged
 
 __all__ = ["FixedPoint"]
 
@@ -82,16 +82,23 @@ class FixedPoint(Strategy):
         check_applicable(self, problem)
         warn_if_unconverged(self, solution)
         start = time.perf_counter()
-        shape = solution.x.shape
+        _, solution_state, output = step_hooks(problem)
+        z_star = solution_state(solution)
+        shape = z_star.shape
         parts, theta = theta_tensors(solution.theta, requires_grad=True)
-        x_t = torch.tensor(solution.x, requires_grad=True)
+        x_t = torch.tensor(z_star, requires_grad=True)
         with torch.enable_grad():
             T = problem.step(x_t, theta)
+            out = output(x_t, theta)
 
         def jt(w):  # (d_x T)^T w
             return pullback(T, (x_t,), w, retain_graph=True)[0].ravel()
 
-        b = np.asarray(v, dtype=np.float64).ravel()
+        readout = out is not x_t            # x read off a larger state z: x = R(z, theta)
+        if readout:                          # (dx*/dtheta)^T v = R_theta^T v + T_theta^T u,
+            b = pullback(out, (x_t,), v, retain_graph=True)[0].ravel()   # (I - T_z)^T u = R_z^T v
+        else:
+            b = np.asarray(v, dtype=np.float64).ravel()
         if self.method == "neumann":
             u, term = b.copy(), b
             for _ in range(self.n_terms - 1):
@@ -106,4 +113,7 @@ class FixedPoint(Strategy):
             iterations, residual = linfo["iterations"], linfo["residual"]
         info = {"iterations": iterations, "residual": residual, "method": self.method,
                 "warm_start": u.reshape(shape), "time": time.perf_counter() - start}
-        return like_structure(pullback(T, parts, u), solution.theta), info
+        grads = pullback(T, parts, u, retain_graph=readout)
+        if readout:
+            grads = tuple(g + h for g, h in zip(grads, pullback(out, parts, v)))
+        return like_structure(grads, solution.theta), info

@@ -21,7 +21,7 @@ import torch
 from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
 from bilevel._types import as_tuple, like_structure
-from bilevel.strategies.base import Strategy, theta_tensors
+from bilevel.strategies.base import Strategy, step_hooks, theta_tensors
 
 __all__ = ["Unroll"]
 
@@ -45,7 +45,9 @@ class Unroll(Strategy):
     Notes
     -----
     Memory grows linearly with the differentiated steps (the autograd graph); ``info``
-    reports ``iterations`` and ``residual = ||x_n - x*|| / ||x*||``.
+    reports ``iterations`` and ``residual = ||x_n - x*|| / ||x*||``. A problem whose
+    iteration carries more than ``x`` (a primal-dual pair) steps a state ``z`` and reads
+    ``x`` off it (:func:`~bilevel.strategies.base.step_hooks`).
     """
 
     name = "unroll"
@@ -73,7 +75,9 @@ class Unroll(Strategy):
         check_applicable(self, problem)
         begin = time.perf_counter()
         parts, theta = theta_tensors(solution.theta, requires_grad=True)
-        x0 = solution.x if self.start == "solution" else problem.init(as_tuple(solution.theta))
+        init_state, solution_state, output = step_hooks(problem)
+        x0 = solution_state(solution) if self.start == "solution" else \
+            init_state(as_tuple(solution.theta))
         x = torch.tensor(x0, dtype=torch.float64)
         n_graph = self.n_steps if self.truncate is None else min(self.truncate, self.n_steps)
         with torch.no_grad():
@@ -82,6 +86,8 @@ class Unroll(Strategy):
         with torch.enable_grad():
             for _ in range(n_graph):
                 x = problem.step(x, theta)
+        with torch.enable_grad():
+            x = output(x, theta)
         grads = pullback(x, parts, v) if x.requires_grad else \
             tuple(np.zeros(np.shape(p)) for p in parts)
         xn = x.detach().numpy()

@@ -61,11 +61,21 @@ class Layer(torch.nn.Module):
             raise ValueError(f"{type(self.problem).__name__} takes {len(self.problem.theta_ndim)} "
                              f"parameter tensors, got {len(theta)}")
         theta = tuple(t if torch.is_tensor(t) else torch.as_tensor(t) for t in theta)
-        return _Argmin.apply(self, *theta)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in theta):
+            return _Argmin.apply(self, *theta)
+        return _solve(self.problem, self.strategy, theta)[0]     # no graph to record
 
     def extra_repr(self):
         """Problem and strategy, for ``print(layer)``."""
         return f"problem={self.problem!r}, strategy={self.strategy.name!r}"
+
+
+def _host_float64(t):
+    """``t`` as a float64 NumPy array on the host (no copy when it already is one)."""
+    t = t.detach()
+    if t.dtype != torch.float64 or t.device.type != "cpu":
+        t = t.to(device="cpu", dtype=torch.float64)
+    return t.numpy()
 
 
 def _batch_layout(theta, base_ndims):
@@ -78,18 +88,21 @@ def _batch_layout(theta, base_ndims):
                              "instance dimension(s)")
         batch_shapes.append(tuple(t.shape[:extra]))
     distinct = {b for b in batch_shapes if b}
-    try:
-        batch = distinct.pop() if len(distinct) == 1 else np.broadcast_shapes(*batch_shapes)
-    except ValueError as exc:
-        raise ValueError(f"batch dimensions do not broadcast: {batch_shapes}") from exc
+    if len(distinct) <= 1:
+        batch = next(iter(distinct), ())
+    else:
+        try:
+            batch = np.broadcast_shapes(*batch_shapes)
+        except ValueError as exc:
+            raise ValueError(f"batch dimensions do not broadcast: {batch_shapes}") from exc
     size = math.prod(batch)
     parts = []
     for t, bshape in zip(theta, batch_shapes):
-        inst = tuple(t.shape[len(bshape):])
-        arr = t.detach().to(device="cpu", dtype=torch.float64)
+        arr = _host_float64(t)
+        inst = arr.shape[len(bshape):]
         if bshape != batch:
-            arr = arr.expand(batch + inst)
-        parts.append(np.ascontiguousarray(arr.reshape((size,) + inst).numpy()))
+            arr = np.broadcast_to(arr, batch + inst)
+        parts.append(np.ascontiguousarray(arr.reshape((size,) + inst)))
     return batch, size, parts, batch_shapes
 
 
@@ -104,36 +117,41 @@ def _reduce(grad, batch, bshape, shape):
     return g.reshape(shape)
 
 
+def _solve(problem, strategy, theta):
+    """Solve every batch row: ``(output tensor, (batch, parts, bshapes, fast, Y, solutions))``."""
+    batch, size, parts, bshapes = _batch_layout(theta, problem.theta_ndim)
+    fast = (hasattr(problem, "solve_batch")
+            and strategy.name in getattr(problem, "batch_strategies", ()))
+    if fast:
+        Y = problem.solve_batch(*parts)
+        solutions = None
+    else:
+        template = tuple(parts)
+        solutions = [problem.solve(like_structure(tuple(p[b] for p in parts), template))
+                     for b in range(size)]
+        Y = np.stack([sol.x for sol in solutions])
+    out = torch.from_numpy(Y.reshape(batch + Y.shape[1:]))
+    ref = next((t for t in theta if t.is_floating_point()), theta[0])
+    dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+    return out.to(dtype=dtype, device=ref.device), (batch, parts, bshapes, fast, Y, solutions)
+
+
 class _Argmin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, *theta):
-        problem, strategy = layer.problem, layer.strategy
-        batch, size, parts, bshapes = _batch_layout(theta, problem.theta_ndim)
-        fast = (hasattr(problem, "solve_batch")
-                and strategy.name in getattr(problem, "batch_strategies", ()))
-        if fast:
-            Y = problem.solve_batch(*parts)
-            solutions = None
-        else:
-            template = tuple(parts)
-            solutions = [problem.solve(like_structure(tuple(p[b] for p in parts), template))
-                         for b in range(size)]
-            Y = np.stack([sol.x for sol in solutions])
+        out, (batch, parts, bshapes, fast, Y, solutions) = _solve(layer.problem, layer.strategy,
+                                                                  theta)
         ctx.layer, ctx.fast, ctx.parts, ctx.Y, ctx.solutions = layer, fast, parts, Y, solutions
         ctx.batch, ctx.bshapes = batch, bshapes
         ctx.shapes = [tuple(t.shape) for t in theta]
         ctx.meta = [(t.dtype, t.device) for t in theta]
-        out = torch.from_numpy(Y.reshape(batch + Y.shape[1:]))
-        ref = next((t for t in theta if t.is_floating_point()), theta[0])
-        dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-        return out.to(dtype=dtype, device=ref.device)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         layer = ctx.layer
         problem, strategy = layer.problem, layer.strategy
-        V = np.ascontiguousarray(grad_out.detach().to("cpu", torch.float64).numpy()
-                                 .reshape(ctx.Y.shape))
+        V = np.ascontiguousarray(_host_float64(grad_out).reshape(ctx.Y.shape))
         if ctx.fast:
             grads, margins = problem.vjp_batch(*ctx.parts, ctx.Y, V)
             tol = getattr(strategy, "margin_tol", 1e-6)
