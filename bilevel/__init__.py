@@ -9,7 +9,9 @@ from bilevel._report import CompareReport
 from bilevel._types import (
     ConvergenceWarning,
     DegeneracyWarning,
+    Dual,
     Manifold,
+    Mirror,
     NotApplicable,
     SingularSystemError,
     Solution,
@@ -39,6 +41,8 @@ __all__ = [
     "jvp",
     "losses",
     "Manifold",
+    "Mirror",
+    "Dual",
     "minimize",
     "problems",
     "strategies",

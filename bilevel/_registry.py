@@ -13,6 +13,7 @@ __all__ = [
     "get_strategy",
     "register_problem",
     "register_strategy",
+    "requirement_sets",
     "strategy_names",
 ]
 
@@ -46,22 +47,39 @@ def strategy_names():
         n for n in STRATEGIES if n not in PREFERENCE)
 
 
+def requirement_sets(strategy):
+    """Return the alternative capability sets of ``strategy`` (class or object): one suffices.
+
+    ``requires_any`` (an optional class attribute, a tuple of frozensets) when the strategy
+    has it, else the single set ``requires``.
+    """
+    return tuple(getattr(strategy, "requires_any", None) or (strategy.requires,))
+
+
+def _meets(strategy, caps):
+    return any(req <= caps for req in requirement_sets(strategy))
+
+
 def applicable_strategies(problem):
     """Names of registered strategies whose requirements ``problem`` meets, best first."""
     caps = _capabilities(problem)
-    return [n for n in strategy_names() if STRATEGIES[n].requires <= caps]
+    return [n for n in strategy_names() if _meets(STRATEGIES[n], caps)]
 
 
 def check_applicable(strategy, problem):
     """Raise :class:`NotApplicable` naming what is missing and what would work."""
-    missing = strategy.requires - _capabilities(problem)
-    if missing:
+    caps = _capabilities(problem)
+    if not _meets(strategy, caps):
+        missing = strategy.requires - caps
+        alternatives = [req - caps for req in requirement_sets(strategy)
+                        if req != strategy.requires]
+        extra = "".join(f" (or {', '.join(sorted(alt))})" for alt in alternatives)
         pname = getattr(problem, "name", type(problem).__name__)
         works = applicable_strategies(problem)
         raise NotApplicable(
             f"strategy {strategy.name!r} needs the problem capability "
-            f"{', '.join(sorted(missing))}, which {pname!r} does not offer "
-            f"(it offers: {', '.join(sorted(_capabilities(problem))) or 'nothing'}). "
+            f"{', '.join(sorted(missing))}{extra}, which {pname!r} does not offer "
+            f"(it offers: {', '.join(sorted(caps)) or 'nothing'}). "
             f"Strategies that apply: {', '.join(works) or 'none'}.", missing=sorted(missing))
 
 

@@ -11,7 +11,9 @@ import numpy as np
 __all__ = [
     "ConvergenceWarning",
     "DegeneracyWarning",
+    "Dual",
     "Manifold",
+    "Mirror",
     "NotApplicable",
     "SingularSystemError",
     "Solution",
@@ -124,4 +126,117 @@ class Manifold:
     solve: Callable
     theta_vjp: Callable
     theta_jvp: Callable
+    info: dict = field(default_factory=dict)
+
+
+MIRROR_KINDS = ("euclidean", "entropy", "simplex", "box", "ball")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    r"""A smooth Bregman method that solves a problem: what :class:`BregmanUnroll` replays.
+
+    The mirror step of a kind is ``M(x, g) = grad psi*(grad psi(x) - g)``, smooth and with
+    values in the interior of the constraint set (Ochs et al. 2016):
+
+    - ``"euclidean"``: ``psi = |x|^2/2``, ``M = x - g`` (no constraint);
+    - ``"entropy"``: ``psi = sum x log x``, ``M = x exp(-g)`` (``x >= 0``);
+    - ``"simplex"``: entropy on the unit simplex of the last axis, ``M = softmax(log x - g)``;
+    - ``"box"``: ``psi = ((1+x)log(1+x) + (1-x)log(1-x))/2``, ``M = tanh(atanh(x) - g)``
+      (``[-1, 1]``);
+    - ``"ball"``: the box's ``psi`` on the radius ``r = |x|`` of the last axis,
+      ``M = tanh(|w|) w / |w|`` with ``w = atanh(|x|) x / |x| - g`` (unit balls).
+
+    ``scheme="gradient"``: the Bregman proximal-gradient method
+    ``x+ = M(x, tau grad_x f(x, theta))`` for ``min_{x in C} f(x, theta)``.
+    ``scheme="primal_dual"``: the Bregman primal-dual method (Chambolle and Pock 2016) for
+    ``min_x max_z f(x, theta) + <K_theta x, z>`` with ``z`` in the dual mirror's set:
+    ``x+ = M(x, tau (grad_x f(x) + K^T z))``, ``z+ = M_z(z, -sigma K (2 x+ - x))``.
+
+    Attributes
+    ----------
+    kind : str
+        Mirror of ``x`` (one of ``MIRROR_KINDS``).
+    scheme : {"gradient", "primal_dual"}
+    start : tuple of ndarray
+        Interior starting state: ``(x0,)``, or ``(x0, z0)`` for a primal-dual method.
+    step_size : float
+        ``tau``.
+    gradient : callable
+        ``(x, theta) -> grad_x f`` on torch tensors (zeros for a bilinear game).
+    forward : callable
+        ``(n_steps, tol, tau, sigma) -> (state, n_iter, residual)``: the same iteration in
+        numba from ``start`` with steps ``tau`` (and ``sigma``), stopped after ``n_steps``
+        steps or at the first iterate whose optimality residual is ``<= tol``; ``state`` is
+        a tuple of arrays like ``start``.
+    dual_kind : str, optional
+        Mirror of ``z`` (primal-dual).
+    dual_step_size : float, optional
+        ``sigma`` (primal-dual).
+    operator, adjoint : callable, optional
+        ``(x, theta) -> K_theta x`` and ``(z, theta) -> K_theta^T z`` in torch (primal-dual).
+    output : callable, optional
+        ``state -> x`` in torch, the problem's variable (default: the first entry).
+    info : dict
+        Description (the iteration's name, its step-size rule).
+    """
+
+    kind: str
+    scheme: str
+    start: tuple
+    step_size: float
+    gradient: Callable
+    forward: Callable
+    dual_kind: str | None = None
+    dual_step_size: float | None = None
+    operator: Callable | None = None
+    adjoint: Callable | None = None
+    output: Callable | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        kinds = (self.kind,) + ((self.dual_kind,) if self.scheme == "primal_dual" else ())
+        if any(k not in MIRROR_KINDS for k in kinds):
+            raise ValueError(f"mirror kinds must be in {MIRROR_KINDS}, got {kinds}")
+        if self.scheme not in ("gradient", "primal_dual"):
+            raise ValueError(f"scheme must be 'gradient' or 'primal_dual', got {self.scheme!r}")
+        if self.scheme == "primal_dual" and (self.operator is None or self.adjoint is None
+                                             or self.dual_step_size is None
+                                             or len(self.start) != 2):
+            raise ValueError("a primal-dual Mirror needs operator, adjoint, dual_kind, "
+                             "dual_step_size and a start (x0, z0)")
+
+
+@dataclass(frozen=True)
+class Dual:
+    r"""The dual certificate of a value function ``p(theta) = min_x E(x, theta)``.
+
+    For ``E`` jointly convex in ``(x, theta)`` the subdifferential of ``p`` is the dual
+    solution set (Mehmood and Ochs 2021): ``partial p(theta) = argmax_y <theta, y> -
+    E^*(0, y)``; ``gradient`` is that solution mapped to theta's structure (the envelope
+    theorem's ``grad_theta E(x*, theta)`` for smooth energies, the Lagrange multipliers of
+    constraints that theta enters).
+
+    Attributes
+    ----------
+    value : float
+        ``p(theta)``.
+    gradient : ndarray or tuple of ndarray
+        ``grad p(theta)`` in theta's structure.
+    y : ndarray
+        The dual solution it comes from.
+    gap : float
+        Duality gap (or optimality residual) of the certificate.
+    iterates : callable, optional
+        ``n -> list`` of ``n`` gradient estimates from the dual iterates of a primal-dual
+        method, which converge to ``gradient`` (the derivative sequence).
+    info : dict
+        Extra description.
+    """
+
+    value: float
+    gradient: Any
+    y: np.ndarray
+    gap: float = 0.0
+    iterates: Callable | None = None
     info: dict = field(default_factory=dict)

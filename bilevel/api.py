@@ -147,7 +147,8 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
     ----------
     problem : Problem
     loss : callable
-        ``loss(x, theta) -> scalar`` in torch, or a ready loss from :mod:`bilevel.losses`.
+        ``loss(x, theta) -> scalar`` in torch, or a ready loss from :mod:`bilevel.losses`;
+        :class:`bilevel.losses.OptimalValue` makes it :func:`value_gradient`.
     theta : ndarray or tuple of ndarray
     strategy : Strategy, str or None
         None picks the best applicable strategy (``info["strategy"]`` says which).
@@ -176,17 +177,22 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
     -1.25
     """
     _check_problem(problem)
-    strat = get_strategy(strategy, problem)
-    check_applicable(strat, problem)
-    sol = problem.solve(theta, init=init)
-    value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
-    grad, info = strat.vjp(problem, sol, gx, warm_start=warm_start)
-    grad = _add(grad, gtheta)
+    if getattr(loss, "optimal_value", False):     # bl.losses.OptimalValue: L = p(theta)
+        value, grad, info = value_gradient(problem, theta, strategy, init=init,
+                                           return_info=True)
+        sol = info["solution"]
+    else:
+        strat = get_strategy(strategy, problem)
+        check_applicable(strat, problem)
+        sol = problem.solve(theta, init=init)
+        value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
+        grad, info = strat.vjp(problem, sol, gx, warm_start=warm_start)
+        grad, info = _add(grad, gtheta), {**info, "strategy": strat.name}
     if log_scale:
         grad = _scale_log(grad, sol.theta)
     if not return_info:
         return value, grad
-    return value, grad, {**info, "strategy": strat.name, "solution": sol,
+    return value, grad, {**info, "solution": sol,
                          "solve_time": sol.info.get("time", float("nan"))}
 
 
@@ -210,20 +216,47 @@ def jacobian(problem, theta, strategy=None, *, init=None):
     return like_structure(out, sol.theta)
 
 
-def value_gradient(problem, theta, *, init=None):
+def value_gradient(problem, theta, strategy=None, *, init=None, return_info=False):
     """Value and gradient of ``p(theta) = min_x E(x, theta)``.
 
-    By the envelope (Danskin) theorem ``grad p(theta) = grad_theta E(x*, theta)`` for a
-    smooth energy with a unique minimizer; no derivative of ``x*`` is needed.
+    With ``strategy="value_function"`` (:class:`~bilevel.strategies.ValueFunction`) the
+    gradient is the dual solution (Mehmood and Ochs 2021), which exists when ``E`` is
+    convex but not strongly convex in ``x``; it needs the problem's ``dual``. With
+    ``strategy=None`` it is the default for problems that offer ``dual``; otherwise the
+    envelope (Danskin) theorem ``grad p(theta) = grad_theta E(x*, theta)``, for a smooth
+    energy with a unique minimizer, needs only ``energy``.
+
+    Parameters
+    ----------
+    problem : Problem
+    theta : ndarray or tuple of ndarray
+    strategy : Strategy, str or None
+        A value strategy (``"value_function"``) or None.
+    init : ndarray, optional
+        Warm start of the inner solve.
+    return_info : bool
+        Also return info (the strategy's, with ``strategy`` and ``solution``).
 
     Raises
     ------
     NotApplicable
-        When the problem does not offer its ``energy``.
+        When the problem offers neither ``dual`` nor ``energy``, or the strategy's needs.
     """
     _check_problem(problem)
+    if strategy is None and "dual" in problem.capabilities:
+        strategy = "value_function"
+    if strategy is not None:
+        strat = get_strategy(strategy, problem)
+        if not hasattr(strat, "value_gradient"):
+            raise ValueError(f"strategy {strat.name!r} differentiates x*, not a value: "
+                             "value_gradient takes strategy='value_function' or None")
+        check_applicable(strat, problem)
+        sol = problem.solve(theta, init=init)
+        value, grad, info = strat.value_gradient(problem, sol)
+        info = {**info, "strategy": strat.name, "solution": sol}
+        return (value, grad, info) if return_info else (value, grad)
     if "energy" not in problem.capabilities:
-        raise NotApplicable(f"value_gradient needs the capability 'energy', which "
+        raise NotApplicable(f"value_gradient needs the capability 'dual' or 'energy', which "
                             f"{problem.name!r} does not offer")
     sol = problem.solve(theta, init=init)
     parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
@@ -231,6 +264,8 @@ def value_gradient(problem, theta, *, init=None):
     with torch.enable_grad():
         value = problem.energy(torch.from_numpy(sol.x), like_structure(parts, sol.theta))
     grad = like_structure(pullback(value, parts, np.ones(())), sol.theta)
+    if return_info:
+        return float(value.detach()), grad, {"strategy": "envelope", "solution": sol}
     return float(value.detach()), grad
 
 
@@ -310,6 +345,9 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         except SingularSystemError as exc:
             rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
             continue
+        except NotApplicable as exc:     # value_function: it differentiates a value, not x*
+            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
+            continue
         try:
             with measure_memory() as mem:
                 full(strat)
@@ -372,7 +410,7 @@ _OPTIMIZERS = {"gd": (torch.optim.SGD, 0.1), "adam": (torch.optim.Adam, 0.1),
 
 
 def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=100, lr=None,
-             log_scale=False, progress=True, callback=None):
+             log_scale=False, trainable=None, progress=True, callback=None):
     """Minimize ``theta -> L(x*(theta), theta)`` by a first-order outer loop.
 
     Each outer step warm-starts the inner solve from the previous ``x*`` and the strategy's
@@ -391,6 +429,10 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
         Learning rate (defaults: 0.1 for gd and adam, 1.0 for lbfgs).
     log_scale : bool
         Optimize ``log(theta)``: keeps positive hyperparameters positive.
+    trainable : sequence of bool, optional
+        For a tuple theta, which parts are optimized (default: all); the others stay at
+        their ``theta0`` value, e.g. ``(False, True)`` learns only ``lam`` of
+        ``TV2D``'s ``(f, lam)``. ``log_scale`` applies to the trainable parts.
     progress : bool
         Show a tqdm progress bar.
     callback : callable, optional
@@ -405,13 +447,24 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
         raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    strat = get_strategy(strategy, problem)
-    check_applicable(strat, problem)
+    optimal_value = getattr(loss, "optimal_value", False)    # L = p(theta): value_gradient
+    if optimal_value:
+        strat = None if strategy is None else get_strategy(strategy, problem)
+        name = strat.name if strat else ("value_function" if "dual" in problem.capabilities
+                                         else "envelope")
+    else:
+        strat = get_strategy(strategy, problem)
+        check_applicable(strat, problem)
+        name = strat.name
     start_parts = problem.check_theta(theta0)
-    if log_scale and any(np.any(p <= 0) for p in start_parts):
-        raise ValueError("log_scale=True needs theta0 > 0 everywhere")
+    trainable = (True,) * len(start_parts) if trainable is None else tuple(map(bool, trainable))
+    if len(trainable) != len(start_parts) or not any(trainable):
+        raise ValueError(f"trainable must give one bool per theta part ({len(start_parts)}), "
+                         f"at least one True; got {trainable}")
+    if log_scale and any(np.any(p <= 0) for p, t in zip(start_parts, trainable) if t):
+        raise ValueError("log_scale=True needs theta0 > 0 everywhere it is trainable")
     params = [torch.tensor(np.log(p) if log_scale else p, requires_grad=True)
-              for p in start_parts]
+              for p, t in zip(start_parts, trainable) if t]
     cls, default_lr = _OPTIMIZERS[optimizer]
     # One L-BFGS iteration per outer step, with room for its line search's evaluations.
     kwargs = ({"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25}
@@ -422,8 +475,10 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     begin = time.perf_counter()
 
     def current_theta():
-        values = tuple(np.exp(p.detach().numpy()) if log_scale else p.detach().numpy().copy()
+        learned = iter(np.exp(p.detach().numpy()) if log_scale else p.detach().numpy().copy()
                        for p in params)
+        values = tuple(next(learned) if t else fixed
+                       for fixed, t in zip(start_parts, trainable))
         return like_structure(values, theta0)
 
     def closure():
@@ -435,18 +490,19 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
         state.update(init=info["solution"].x, warm_start=info.get("warm_start"))
         if "value" not in state:     # the step's first evaluation: at the current iterate
             state.update(value=value, grad=grad, theta=theta, n_iter=info["solution"].n_iter)
-        for p, g in zip(params, as_tuple(grad)):
+        for p, g in zip(params, (g for g, t in zip(as_tuple(grad), trainable) if t)):
             p.grad = torch.as_tensor(np.asarray(g, dtype=np.float64)).reshape(p.shape)
         return torch.tensor(value)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(steps), disable=not progress, desc=f"minimize ({strat.name})")
+    bar = tqdm(range(steps), disable=not progress, desc=f"minimize ({name})")
     for step in bar:
         for key in ("value", "grad", "theta", "n_iter"):
             state.pop(key, None)
         opt.step(closure)
-        grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in as_tuple(state["grad"]))))
+        grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g, t
+                                      in zip(as_tuple(state["grad"]), trainable) if t)))
         history["loss"].append(state["value"])
         history["theta"].append(state["theta"])
         history["grad_norm"].append(grad_norm)
@@ -457,5 +513,8 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
                                              state["grad"]):
             break
     theta = current_theta()
-    value, _ = _loss_terms(loss, problem.solve(theta, init=state["init"]).x, theta)[:2]
-    return MinimizeResult(theta=theta, loss=value, strategy=strat.name, history=history)
+    if optimal_value:
+        value = value_gradient(problem, theta, strat, init=state["init"])[0]
+    else:
+        value = _loss_terms(loss, problem.solve(theta, init=state["init"]).x, theta)[0]
+    return MinimizeResult(theta=theta, loss=value, strategy=name, history=history)

@@ -12,7 +12,7 @@ import torch
 
 from bilevel.problems.base import check_array, check_design
 
-__all__ = ["CrossEntropy", "LogisticLoss", "Reconstruction", "SquaredError"]
+__all__ = ["CrossEntropy", "LogisticLoss", "OptimalValue", "Reconstruction", "SquaredError"]
 
 
 class SquaredError:
@@ -125,3 +125,29 @@ class Reconstruction:
         """``(L, x - target, None)``."""
         d = x - self.target
         return 0.5 * float((d * d).sum()), d, None
+
+
+class OptimalValue:
+    r"""The lower problem's optimal value as the upper loss: ``L = p(theta) = min_x E(x, theta)``.
+
+    A marker: :func:`bilevel.hypergradient` recognizes it and returns
+    :func:`bilevel.value_gradient` (the gradient from the dual solution, or the envelope
+    theorem), which needs no derivative of ``x*`` and exists where ``x*`` is not unique.
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> prob = bl.problems.LeastAbsoluteDeviation(np.ones((3, 1)))
+    >>> bl.hypergradient(prob, bl.losses.OptimalValue(), np.array([0.0, 1.0, 5.0]))
+    (5.0, array([-1.,  0.,  1.]))
+    """
+
+    optimal_value = True
+
+    def __call__(self, x, theta=None):
+        """Not evaluated on ``x``: the value comes from the problem (see the class docstring)."""
+        raise TypeError("OptimalValue is evaluated by bl.hypergradient / bl.value_gradient "
+                        "from the lower problem, not as loss(x, theta)")
+
+    def __repr__(self):
+        return "OptimalValue()"

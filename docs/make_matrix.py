@@ -5,8 +5,9 @@ The page is generated, never edited by hand. Run from anywhere:
     python docs/make_matrix.py            # rewrite docs/matrix.md
     python docs/make_matrix.py --check    # exit 1 if docs/matrix.md is out of date
 
-A cell says whether the strategy's ``requires`` is a subset of the problem class's
-``capabilities`` (:func:`bilevel._registry.applicable_strategies`). Capabilities that an
+A cell says whether the strategy's ``requires`` (or one of its alternatives
+``requires_any``) is a subset of the problem class's ``capabilities``
+(:func:`bilevel._registry.applicable_strategies`). Capabilities that an
 instance gains from its constructor arguments (``Smooth(..., step_size=...)`` offers
 ``step``) are found by building a small instance and listed below the table.
 """
@@ -20,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 import bilevel  # noqa: F401  (registers every problem and strategy)
-from bilevel._registry import PROBLEMS, STRATEGIES, applicable_strategies, strategy_names
+from bilevel._registry import (
+    PROBLEMS,
+    STRATEGIES,
+    applicable_strategies,
+    requirement_sets,
+    strategy_names,
+)
 
 __all__ = ["main", "render"]
 
@@ -77,7 +84,8 @@ def render():
               "| strategy | class | requires |", "|---|---|---|"]
     for n in names:
         cls = STRATEGIES[n]
-        lines.append(f"| `{n}` | `{cls.__module__}.{cls.__name__}` | {_caps(cls.requires)} |")
+        needs = " or ".join(_caps(r) for r in requirement_sets(cls))
+        lines.append(f"| `{n}` | `{cls.__module__}.{cls.__name__}` | {needs} |")
     conditional = _conditional_instances()
     if conditional:
         lines += ["", "## Capabilities that depend on constructor arguments", ""]

@@ -34,7 +34,15 @@ def test_minimize_and_list(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "problem"
     ridge = next(line for line in lines if line.startswith("ridge"))
-    expected = ["-" if n == "partial_smoothness" else "yes" for n in strategy_names()]
+    # Ridge offers optimality, step, energy, analytic_vjp: no manifold, mirror, dual,
+    # straight_through; a cell says whether the strategy's requirements are offered.
+    from bilevel._registry import STRATEGIES
+    from bilevel.problems import Ridge
+
+    expected = ["yes" if STRATEGIES[n].requires <= Ridge.capabilities else "-"
+                for n in strategy_names()]
+    assert expected[strategy_names().index("partial_smoothness")] == "-"
+    assert expected[strategy_names().index("implicit")] == "yes"
     assert ridge.split()[1:] == expected
 
 

@@ -20,8 +20,11 @@ def ridge_report():
 def test_rows_and_errors(ridge_report):
     rows = {r["strategy"]: r for r in ridge_report.rows}
     assert set(rows) == {"analytic", "implicit", "fixed_point", "unroll", "finite_difference",
-                         "partial_smoothness"}
+                         "partial_smoothness", "bregman", "straight_through", "value_function"}
     assert rows.pop("partial_smoothness")["missing"] == ["manifold"]   # ridge is smooth
+    for name, missing in (("bregman", "mirror"), ("straight_through", "straight_through"),
+                          ("value_function", "dual")):
+        assert rows.pop(name)["missing"] == [missing]                  # skipped, with reason
     assert ridge_report.reference == "analytic"
     for name in ("analytic", "implicit", "fixed_point"):
         assert rows[name]["error"] < 1e-10, name             # exact up to round-off
@@ -34,9 +37,9 @@ def test_rows_and_errors(ridge_report):
 
 def test_exports(ridge_report, tmp_path):
     data = json.loads(ridge_report.to_json())
-    assert data["reference"] == "analytic" and len(data["rows"]) == 6
+    assert data["reference"] == "analytic" and len(data["rows"]) == 9
     md = ridge_report.to_markdown()
-    assert md.count("\n| ") == 7 and "rel. error" in md
+    assert md.count("\n| ") == 10 and "rel. error" in md
     text = str(ridge_report).splitlines()
     assert text[1].startswith("strategy") and len({len(line) for line in text[1:3]}) == 1
     assert ridge_report.to_dict()["rows"][0]["strategy"] == "analytic"

@@ -44,7 +44,8 @@ def test_warmup_compiles_every_kernel_once():
 def test_import_does_not_import_heavy_optional_modules():
     out = run("""
         import sys, bilevel
-        print(sorted(m for m in ("sklearn", "matplotlib", "hypothesis", "scipy.optimize")
+        print(sorted(m for m in ("sklearn", "matplotlib", "hypothesis", "scipy.optimize",
+                                     "skimage")
                      if m in sys.modules))
     """)
     assert eval(out.strip()) == []

@@ -50,7 +50,9 @@ def test_missing_step_is_not_applicable_and_names_remedies():
     assert "implicit" in str(exc.value) and exc.value.missing == ("step",)
     report = bl.compare(problem, bl.losses.Reconstruction(np.zeros(2)), np.ones(2), repeat=1)
     skipped = {r["strategy"] for r in report.rows if "skipped" in r}
-    assert skipped == {"analytic", "unroll", "fixed_point", "partial_smoothness"}
+    # value_function applies (Smooth offers dual) but differentiates a value, not x*.
+    assert skipped == {"analytic", "unroll", "fixed_point", "partial_smoothness", "bregman",
+                       "straight_through", "value_function"}
 
 
 def test_singular_hessian_names_damping():

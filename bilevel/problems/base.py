@@ -6,7 +6,13 @@ capability named in ``capabilities``:
 - ``optimality(x, theta)``: a residual ``F`` with ``F(x*, theta) = 0`` (here ``grad_x E``);
 - ``step(x, theta)``: a contraction ``T`` with fixed point ``x*`` (a gradient step);
 - ``energy(x, theta)``: ``E`` itself (value-function gradients, user energies);
-- ``analytic_vjp(solution, v)``: the exact structured ``(dx*/dtheta)^T v``.
+- ``analytic_vjp(solution, v)``: the exact structured ``(dx*/dtheta)^T v``;
+- ``constraints``: ``x* = argmin f`` s.t. ``h = 0``, ``g <= 0``, through the maps
+  ``objective(x, theta)`` (``f``, a scalar), ``eq(x, theta)`` and ``ineq(x, theta)`` (1-D
+  tensors ``h`` and ``g``, or None); ``Solution.info`` carries the multipliers ``nu`` (of
+  ``h``) and ``lam`` (of ``g``, ``>= 0``) when the solver has them, and an attribute
+  ``constraints_affine = True`` declares ``h``, ``g`` affine in ``x`` with Jacobians
+  independent of theta (see :mod:`bilevel.problems.constrained`).
 
 Optional NumPy fast paths that strategies use when present: ``hessian(solution)`` (dense
 ``d F / d x`` at ``x*``) and ``optimality_theta_vjp(solution, u)`` (``(dF/dtheta)^T u``).

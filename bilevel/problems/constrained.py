@@ -124,7 +124,7 @@ class Constrained(Problem):
     """
 
     name = "constrained"
-    capabilities = frozenset({"constraints", "energy"})
+    capabilities = frozenset({"constraints", "energy", "dual"})
 
     def __init__(self, objective, eq=None, ineq=None, x0=None, method="SLSQP", affine=False,
                  tol=1e-10, max_iter=500):
@@ -168,6 +168,16 @@ class Constrained(Problem):
     def energy(self, x, theta):
         """Return the objective (the energy on the feasible set)."""
         return self.objective(x, theta)
+
+    def dual(self, solution):
+        """Return the KKT multipliers as the certificate of ``p(theta) = min f`` (value gradient).
+
+        With parameters in the constraints, ``grad p = grad_theta`` of the Lagrangian at
+        ``(x*, nu, lam)``, not of ``f`` alone (:func:`bilevel.problems.lad.lagrangian_dual`).
+        """
+        from bilevel.problems.lad import lagrangian_dual
+
+        return lagrangian_dual(self, solution)
 
     def eq(self, x, theta):
         """``h(x, theta)`` as a 1-D tensor, or None."""
@@ -715,8 +725,8 @@ class NNLS(Problem):
     Solver: Lawson-Hanson in numba (:func:`bilevel.solvers.qp.nnls_lawson_hanson`), the
     algorithm of ``scipy.optimize.nnls``. ``Solution.info`` has ``lam`` and ``active`` (the
     zero set). Capabilities: ``constraints`` (affine), ``analytic_vjp``; batched for
-    :class:`bilevel.torch.Layer`. The class is open to a ``mirror`` capability (an entropic
-    Bregman geometry on the orthant) added by a subclass or a later version.
+    :class:`bilevel.torch.Layer`; ``mirror``: entropic mirror descent on the orthant, for
+    :class:`~bilevel.strategies.BregmanUnroll`.
 
     Examples
     --------
@@ -727,7 +737,7 @@ class NNLS(Problem):
     """
 
     name = "nnls"
-    capabilities = frozenset({"constraints", "analytic_vjp"})
+    capabilities = frozenset({"constraints", "analytic_vjp", "mirror"})
     constraints_affine = True
     theta_ndim = (1,)
     batch_strategies = frozenset({"analytic"})
@@ -783,6 +793,37 @@ class NNLS(Problem):
     def ineq(self, x, theta):
         """``-x`` (``x >= 0``)."""
         return -x
+
+    def mirror(self, solution):
+        """Entropic mirror descent ``x+ = x exp(-tau A^T(Ax - b))``, for ``bregman``.
+
+        From ``x0 = 1`` (independent of theta), ``tau = 1/(||A||_2^2 R)`` with
+        ``R = max(1, 2 max x*)`` (without ``x*``: ``2||b|| / sigma_min(A)``, a bound on
+        ``||x*||``), so that ``f`` is smooth relative to the entropy on the box ``x <= R``
+        where the iterates live (Bauschke, Bolte, Teboulle 2017).
+        """
+        from bilevel._types import Mirror
+        from bilevel.solvers import bregman as kernels
+
+        b = np.asarray(_bare(solution.theta), dtype=np.float64)
+        H = self.A.T @ self.A
+        eig = np.linalg.eigvalsh(H)
+        scale = (2.0 * float(np.linalg.norm(b)) / np.sqrt(max(eig[0], 1e-300))
+                 if solution.x is None else 2.0 * float(np.max(solution.x, initial=0.0)))
+        radius = max(scale, 1.0)
+        x0 = np.ones(self.A.shape[1])
+        c = -self.A.T @ b
+        At = torch.from_numpy(self.A)
+
+        def forward(n_steps, tol, tau, sigma):
+            x, n, r = kernels.bregman_quadratic(H, c, x0.reshape(1, -1), kernels.ENTROPY, tau,
+                                                n_steps, tol)
+            return (x.ravel(),), n, r
+
+        return Mirror(kind="entropy", scheme="gradient", start=(x0,),
+                      step_size=1.0 / (max(eig[-1], 1e-300) * radius),
+                      gradient=lambda x, b: At.T @ (At @ x - _bare(b)), forward=forward,
+                      info={"method": "entropic mirror descent"})
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):

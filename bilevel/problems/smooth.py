@@ -55,7 +55,7 @@ class Smooth(Problem):
     """
 
     name = "smooth"
-    capabilities = frozenset({"optimality", "energy"})
+    capabilities = frozenset({"optimality", "energy", "dual"})
 
     def __init__(self, energy, x0, step_size=None, tol=1e-11, max_iter=1000):
         if not callable(energy):
@@ -130,6 +130,21 @@ class Smooth(Problem):
     def step(self, x, theta):
         """Gradient step ``x - eta grad_x E`` (only with ``step_size``)."""
         return x - self.step_size * self.optimality(x, theta)
+
+    def dual(self, solution):
+        """Return ``grad p(theta) = grad_theta E(x*, theta)`` (the envelope theorem) as a Dual."""
+        from bilevel._types import Dual, like_structure
+
+        parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
+                      for t in as_tuple(solution.theta))
+        with torch.enable_grad():
+            value = self.energy(torch.from_numpy(solution.x), like_structure(parts,
+                                                                             solution.theta))
+            grads = pullback(value, parts, np.ones(()))
+        return Dual(value=float(value.detach()), gradient=like_structure(grads, solution.theta),
+                    y=np.concatenate([np.ravel(g) for g in grads]),
+                    gap=float(solution.info.get("residual", 0.0)),
+                    info={"method": "envelope theorem"})
 
 
 def _newton_step(problem, x, theta, grad):

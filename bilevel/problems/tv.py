@@ -93,7 +93,8 @@ class TV1D(Problem):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         self.order, self.norm, self.tol, self.max_iter = order, norm, float(tol), int(max_iter)
         if norm == "l1":
-            caps = {"manifold", "step", "energy"} | ({"analytic_vjp"} if order == 1 else set())
+            caps = {"manifold", "step", "energy", "mirror"} | (
+                {"analytic_vjp"} if order == 1 else set())
         else:
             caps = {"optimality", "analytic_vjp", "step", "energy"}
         self.capabilities = frozenset(caps)
@@ -182,6 +183,36 @@ class TV1D(Problem):
             D = np.diff(np.eye(n), self.order, axis=0)
             self._dual_maps[n] = torch.from_numpy(np.linalg.solve(D @ D.T, D))
         return self._dual_maps[n]
+
+    def mirror(self, solution):
+        """l1: the Bregman primal-dual method on ``max_{|z|<=1} lam <D^k y, z>`` (box mirror).
+
+        ``y+ = y - tau (y - s + lam D^T z)``, ``z+ = tanh(atanh(z) + sigma lam D^k(2y+ - y))``
+        from ``(0, 0)``, ``tau = 1/(1 + 3 kappa)``, ``sigma = 3/kappa``, ``kappa = lam 2^k``
+        (``>= ||lam D^k||``; ``(1/tau - 1)/sigma = kappa^2`` is Chambolle and Pock's step
+        condition), for :class:`~bilevel.strategies.BregmanUnroll`.
+        """
+        from bilevel._types import Mirror
+        from bilevel.solvers import bregman_pd_tv1d
+
+        if self.norm != "l1":
+            raise AttributeError("the l2 energy is smooth: differentiate it with implicit")
+        s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
+        k, kappa = self.order, max(float(lam) * 2.0**self.order, 1e-12)
+        z0 = np.zeros(s.size - k)
+
+        def forward(n_steps, tol, tau, sigma):
+            y, z, n, r = bregman_pd_tv1d(s, float(lam), k, np.zeros(s.size), z0, tau, sigma,
+                                         n_steps, tol)
+            return (y, z), n, r
+
+        return Mirror(kind="euclidean", scheme="primal_dual", start=(np.zeros(s.size), z0),
+                      step_size=1.0 / (1.0 + 3.0 * kappa), dual_kind="box",
+                      dual_step_size=3.0 / kappa,
+                      gradient=lambda y, theta: y - theta[0],
+                      operator=lambda y, theta: theta[1] * torch_diff(y, k),
+                      adjoint=lambda z, theta: theta[1] * self._adjoint(z),
+                      forward=forward, info={"method": "Bregman primal-dual method"})
 
     # structure ------------------------------------------------------------------------
     def manifold(self, solution):

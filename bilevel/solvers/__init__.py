@@ -4,6 +4,15 @@ Every kernel is ``@njit(cache=True)`` and compiles on first call, never at impor
 :func:`warmup` compiles (or loads from the on-disk cache) each one on a tiny instance.
 """
 
+from bilevel.solvers.bregman import (
+    bregman_pd_game,
+    bregman_pd_tv1d,
+    bregman_pd_tv2d,
+    bregman_quadratic,
+    bregman_segmentation,
+    lad_pdhg,
+    projection_simplex,
+)
 from bilevel.solvers.coordinate_descent import enet_cd, enet_cd_batched, enet_gap
 from bilevel.solvers.logistic import (
     logistic_l2_energy,
@@ -15,6 +24,43 @@ from bilevel.solvers.logistic_l1 import (
     logistic_l1_gap,
     logistic_l1_prox_newton,
     logistic_l1_prox_newton_batched,
+)
+from bilevel.solvers.piecewise import (
+    pp_basis,
+    pp_basis_table,
+    pp_dp,
+    pp_dp_batched,
+    pp_dp_rows,
+    pp_hat_vjp_batched,
+    pp_hat_vjp_rows,
+)
+from bilevel.solvers.pooling import (
+    pool_solve_batched,
+    pool_solve_rows,
+    pool_vjp_batched,
+    pool_vjp_rows,
+)
+from bilevel.solvers.projections import (
+    proj_batched,
+    proj_rows,
+    proj_vjp_batched,
+    proj_vjp_rows,
+    softmax_batched,
+    softmax_rows,
+    softmax_vjp_batched,
+    softmax_vjp_rows,
+)
+from bilevel.solvers.qp import (
+    nnls_active_vjp_batched,
+    nnls_active_vjp_rows,
+    nnls_lawson_hanson,
+    nnls_lawson_hanson_batched,
+    nnls_lawson_hanson_rows,
+    qp_active_vjp_batched,
+    qp_active_vjp_rows,
+    qp_goldfarb_idnani,
+    qp_goldfarb_idnani_batched,
+    qp_goldfarb_idnani_rows,
 )
 from bilevel.solvers.ridge import ridge_cholesky, ridge_cholesky_batched
 from bilevel.solvers.tv import (
@@ -39,9 +85,20 @@ from bilevel.solvers.tv import (
     tv_manifold_vjp_rows,
     tv_project,
 )
+from bilevel.solvers.tv2d import tv2d_kkt_residual, tv2d_solve, tv2d_solve_batched
 
 __all__ = [
+    "tv2d_kkt_residual",
+    "tv2d_solve",
+    "tv2d_solve_batched",
     "KERNELS",
+    "bregman_pd_game",
+    "bregman_pd_tv1d",
+    "bregman_pd_tv2d",
+    "bregman_quadratic",
+    "bregman_segmentation",
+    "lad_pdhg",
+    "projection_simplex",
     "enet_cd",
     "enet_cd_batched",
     "enet_gap",
@@ -52,6 +109,13 @@ __all__ = [
     "logistic_l2_hessian",
     "newton_logistic_l2",
     "newton_logistic_l2_batched",
+    "pp_basis",
+    "pp_basis_table",
+    "pp_dp",
+    "pp_dp_batched",
+    "pp_dp_rows",
+    "pp_hat_vjp_batched",
+    "pp_hat_vjp_rows",
     "ridge_cholesky",
     "ridge_cholesky_batched",
     "diff_adjoint",
@@ -74,10 +138,42 @@ __all__ = [
     "tv_l2_rows",
     "tv_l2_vjp_rows",
     "tv_manifold_vjp_rows",
+    "pool_solve_batched",
+    "pool_solve_rows",
+    "pool_vjp_batched",
+    "pool_vjp_rows",
+    "proj_batched",
+    "proj_rows",
+    "proj_vjp_batched",
+    "proj_vjp_rows",
+    "softmax_batched",
+    "softmax_rows",
+    "softmax_vjp_batched",
+    "softmax_vjp_rows",
+    "nnls_active_vjp_batched",
+    "nnls_active_vjp_rows",
+    "nnls_lawson_hanson",
+    "nnls_lawson_hanson_batched",
+    "nnls_lawson_hanson_rows",
+    "qp_active_vjp_batched",
+    "qp_active_vjp_rows",
+    "qp_goldfarb_idnani",
+    "qp_goldfarb_idnani_batched",
+    "qp_goldfarb_idnani_rows",
     "warmup",
 ]
 
 KERNELS = (
+    tv2d_kkt_residual,
+    tv2d_solve,
+    tv2d_solve_batched,
+    bregman_pd_game,
+    bregman_pd_tv1d,
+    bregman_pd_tv2d,
+    bregman_quadratic,
+    bregman_segmentation,
+    lad_pdhg,
+    projection_simplex,
     enet_cd,
     enet_cd_batched,
     enet_gap,
@@ -88,6 +184,13 @@ KERNELS = (
     logistic_l2_hessian,
     newton_logistic_l2,
     newton_logistic_l2_batched,
+    pp_basis,
+    pp_basis_table,
+    pp_dp,
+    pp_dp_batched,
+    pp_dp_rows,
+    pp_hat_vjp_batched,
+    pp_hat_vjp_rows,
     ridge_cholesky,
     ridge_cholesky_batched,
     diff_adjoint,
@@ -110,6 +213,28 @@ KERNELS = (
     tv_l2_rows,
     tv_l2_vjp_rows,
     tv_manifold_vjp_rows,
+    pool_solve_batched,
+    pool_solve_rows,
+    pool_vjp_batched,
+    pool_vjp_rows,
+    proj_batched,
+    proj_rows,
+    proj_vjp_batched,
+    proj_vjp_rows,
+    softmax_batched,
+    softmax_rows,
+    softmax_vjp_batched,
+    softmax_vjp_rows,
+    nnls_active_vjp_batched,
+    nnls_active_vjp_rows,
+    nnls_lawson_hanson,
+    nnls_lawson_hanson_batched,
+    nnls_lawson_hanson_rows,
+    qp_active_vjp_batched,
+    qp_active_vjp_rows,
+    qp_goldfarb_idnani,
+    qp_goldfarb_idnani_batched,
+    qp_goldfarb_idnani_rows,
 )
 
 
@@ -161,3 +286,21 @@ def warmup():
     tv1d_condat(s, 0.5)
     tv1d_condat_batched(S, lams)
     tv1d_condat_rows(S, lams)
+    from bilevel.solvers.bregman import _warmup as _warmup_bregman
+
+    _warmup_bregman()
+    from bilevel.solvers.piecewise import _warmup as _warmup_piecewise
+
+    _warmup_piecewise()
+    from bilevel.solvers.pooling import _warmup as _warmup_pooling
+
+    _warmup_pooling()
+    from bilevel.solvers.projections import _warmup as _warmup_projections
+
+    _warmup_projections()
+    from bilevel.solvers.qp import _warmup as _warmup_qp
+
+    _warmup_qp()
+    from bilevel.solvers.tv2d import _warmup as _warmup_tv2d
+
+    _warmup_tv2d()
