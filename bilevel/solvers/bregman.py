@@ -20,6 +20,7 @@ number of steps taken and that residual.
 import numpy as np
 from numba import njit
 
+from bilevel.solvers.tv import diff_adjoint, diff_forward
 from bilevel.solvers.tv2d import blur_apply, div2d, grad2d
 
 __all__ = ["bregman_pd_game", "bregman_pd_tv1d", "bregman_pd_tv2d", "bregman_quadratic",
@@ -213,25 +214,6 @@ def bregman_segmentation(C, mu, alpha, X0, tau, n_steps, tol):
 
 
 @njit(cache=True)
-def _diff(y, order):
-    out = y.copy()
-    for _ in range(order):
-        out = out[1:] - out[:-1]
-    return out
-
-
-@njit(cache=True)
-def _diff_adjoint(u, order):
-    out = u.copy()
-    for _ in range(order):
-        grown = np.zeros(out.shape[0] + 1)
-        grown[1:] += out
-        grown[:-1] -= out
-        out = grown
-    return out
-
-
-@njit(cache=True)
 def bregman_pd_tv1d(s, lam, order, y0, z0, tau, sigma, n_steps, tol):
     r"""Bregman primal-dual method for 1-D TV denoising through its dual box.
 
@@ -246,14 +228,14 @@ def bregman_pd_tv1d(s, lam, order, y0, z0, tau, sigma, n_steps, tol):
     residual = np.inf
     n_iter = 0
     while True:
-        Dy = _diff(y, order)
-        r = np.max(np.abs(y - s + lam * _diff_adjoint(z, order)))
+        Dy = diff_forward(y, order)
+        r = np.max(np.abs(y - s + lam * diff_adjoint(z, order)))
         zr = np.max(np.abs(z - np.minimum(np.maximum(z + Dy, -1.0), 1.0)))
         residual = max(r, zr)
         if residual <= tol or n_iter >= n_steps:
             break
-        y_new = y - tau * (y - s + lam * _diff_adjoint(z, order))
-        v = v + sigma * lam * _diff(2.0 * y_new - y, order)
+        y_new = y - tau * (y - s + lam * diff_adjoint(z, order))
+        v = v + sigma * lam * diff_forward(2.0 * y_new - y, order)
         z = np.tanh(v)
         y = y_new
         n_iter += 1
