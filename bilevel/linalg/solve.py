@@ -12,8 +12,6 @@ import time
 import warnings
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse.linalg as spla
 
 from bilevel._types import ConvergenceWarning, SingularSystemError
 
@@ -21,7 +19,6 @@ __all__ = ["METHODS", "solve"]
 
 METHODS = ("cg", "minres", "gmres", "direct")
 
-_KRYLOV = {"cg": spla.cg, "minres": spla.minres, "gmres": spla.gmres}
 
 # Beyond this condition number LU loses every digit of a float64 solution.
 _COND_LIMIT = 1e13
@@ -93,6 +90,8 @@ def solve(matvec, b, *, method="cg", tol=1e-10, maxiter=None, x0=None, damping=0
         count[0] += 1
         return matvec(u) + damping * u
 
+    import scipy.sparse.linalg as spla  # lazily: 0.25 s of import, not paid by direct solves
+
     op = spla.LinearOperator((n, n), matvec=damped, dtype=np.float64)
     maxiter = 10 * n if maxiter is None else maxiter
     kwargs = {"rtol": tol, "maxiter": maxiter, "x0": x0}
@@ -101,7 +100,7 @@ def solve(matvec, b, *, method="cg", tol=1e-10, maxiter=None, x0=None, damping=0
         kwargs["restart"] = min(n, 50)
     elif method == "cg":
         kwargs["atol"] = 0.0
-    u, flag = _KRYLOV[method](op, b, **kwargs)
+    u, flag = getattr(spla, method)(op, b, **kwargs)
     residual = np.linalg.norm(damped(u) - b) / bnorm
     count[0] -= 1
     if not np.all(np.isfinite(u)):
@@ -125,6 +124,8 @@ def _dense(matvec, n):
 
 def _lu_solve(A, b):
     """LU solve with LAPACK getrf/getrs and gecon's estimate of ``1 / cond_1(A)``."""
+    import scipy.linalg
+
     getrf, getrs, gecon = scipy.linalg.get_lapack_funcs(("getrf", "getrs", "gecon"), (A,))
     anorm = np.abs(A).sum(axis=0).max()
     lu, piv, info = getrf(A)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 
 from bilevel.problems.base import check_array
@@ -25,7 +25,10 @@ class Design:
     """
 
     def __init__(self, X, name="X"):
-        if scipy.sparse.issparse(X):
+        # A scipy.sparse X means scipy.sparse is loaded: do not import it (0.25 s) otherwise.
+        if "scipy.sparse" in sys.modules and sys.modules["scipy.sparse"].issparse(X):
+            import scipy.sparse
+
             X = scipy.sparse.csc_matrix(X, dtype=np.float64)
             X.sum_duplicates()
             X.sort_indices()
@@ -72,6 +75,8 @@ class Design:
         """Largest singular value of ``X`` (cached)."""
         if self._sigma_max is None:
             if self.sparse or min(self.shape) > 2000:
+                import scipy.sparse.linalg
+
                 op = scipy.sparse.linalg.aslinearoperator(self.X)
                 s = scipy.sparse.linalg.svds(op, k=1, return_singular_vectors=False,
                                              random_state=0)[0]

@@ -9,7 +9,6 @@ with ``lam`` a scalar or one weight per feature. Closed-form Jacobian:
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from bilevel._registry import register_problem
@@ -107,5 +106,7 @@ class Ridge(Problem):
 
     def analytic_vjp(self, solution, v):
         """``-x* . H^{-1} v`` (per feature, summed for a scalar lam) by Cholesky."""
+        import scipy.linalg
+
         u = scipy.linalg.cho_solve(scipy.linalg.cho_factor(self.hessian(solution)), v)
         return self.optimality_theta_vjp(solution, -u)

@@ -15,7 +15,6 @@ for hyperparameter optimization", ICML 2020).
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from bilevel._registry import register_problem
@@ -81,6 +80,8 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
     k = support.size
     H = hessian(support) if k else np.zeros((0, 0))
     factor, rcond = None, 1.0
+    import scipy.linalg  # lazily: keeps `import bilevel` light
+
     if k:
         try:
             factor = scipy.linalg.cho_factor(H, lower=False)
