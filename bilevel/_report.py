@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["CompareReport"]
+__all__ = ["CompareReport", "require_matplotlib"]
 
 _COLUMNS = ("strategy", "hypergradient", "rel. error", "time", "peak mem", "iters", "residual")
 
@@ -98,14 +98,13 @@ class CompareReport:
 
         Saves to ``path`` when given; returns the matplotlib figure.
         """
-        try:
-            import matplotlib
+        require_matplotlib()
+        import matplotlib
 
-            if path is not None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ImportError("plot needs matplotlib: pip install 'bilevel[plot]'") from exc
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         traced = [r for r in self.rows if r.get("trace")]
         if not traced:
             raise ValueError("no convergence trace: call compare(..., budgets=[...])")
@@ -122,6 +121,15 @@ class CompareReport:
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
+
+
+def require_matplotlib():
+    """Raise a one-line :class:`ImportError` naming the ``plot`` extra unless matplotlib imports."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting needs matplotlib, which is not installed: "
+                          "pip install 'bilevel[plot]' (or -e '.[plot]' in a checkout)") from None
 
 
 def _format_grad(parts):

@@ -38,7 +38,14 @@ def _strategies(text):
 
 def _compare(args):
     import bilevel as bl
+    from bilevel._report import require_matplotlib
 
+    if args.plot:
+        try:
+            require_matplotlib()     # before any computation
+        except ImportError as exc:
+            print(f"bilevel compare: error: --plot: {exc}", file=sys.stderr)
+            return 2
     problem, loss = _build(args.problem, args.dataset or _TASKS[args.problem][0])
     theta = args.theta if args.theta is not None else _TASKS[args.problem][1]
     report = bl.compare(problem, loss, theta, strategies=_strategies(args.strategies),
@@ -53,6 +60,7 @@ def _compare(args):
     if args.plot:
         report.plot(args.plot)
         print(f"convergence plot written to {args.plot}")
+    return 0
 
 
 def _minimize(args):
@@ -116,8 +124,7 @@ def main(argv=None):
     p.set_defaults(func=_list)
 
     args = parser.parse_args(argv)
-    args.func(args)
-    return 0
+    return args.func(args) or 0
 
 
 if __name__ == "__main__":

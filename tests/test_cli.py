@@ -74,3 +74,32 @@ def test_compare_lasso(capsys):
     # Both exact on the identified support; the reference is 4th-order finite differences.
     assert [r["strategy"] for r in rows] == ["partial_smoothness", "fixed_point"]
     assert all(r["error"] < 1e-8 for r in rows)
+
+
+def test_plot_without_matplotlib_fails_first_in_one_line(capsys, monkeypatch, tmp_path):
+    import sys
+
+    import bilevel as bl
+
+    def no_computation(*args, **kwargs):
+        raise AssertionError("compare ran before the missing matplotlib was reported")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib fails
+    monkeypatch.setattr(bl, "compare", no_computation)
+    assert main(["compare", "--plot", str(tmp_path / "c.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "pip install 'bilevel[plot]'" in captured.err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_report_plot_without_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    from bilevel._report import CompareReport
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    report = CompareReport("p", 0.0, "finite_difference", [], 0.0, False, rows=[])
+    with pytest.raises(ImportError, match=r"bilevel\[plot\]") as caught:
+        report.plot()
+    assert "\n" not in str(caught.value) and caught.value.__cause__ is None

@@ -401,6 +401,35 @@ def test_inequality_ball_projection_active_and_inactive_and_trust_constr():
         assert info["active"].size == 0
 
 
+@given(st.lists(st.floats(-3, 3), min_size=3, max_size=3), st.floats(1.05, 4.0),
+       st.sampled_from(["SLSQP", "trust-constr"]))
+def test_ball_projection_multiplier_matches_closed_form(direction, radius, method):
+    # trust-constr is an interior-point method: it may stop at a slack of ~1e-5, beyond the
+    # polish's near-active threshold; its own multipliers must still put the ball in the
+    # working set. Closed form: x = t / |t|, lam = |t| - 1 (from 2(x - t) + 2 lam x = 0).
+    u = np.asarray(direction)
+    assume(np.linalg.norm(u) > 0.1)
+    t = radius * u / np.linalg.norm(u)
+    prob = Constrained(lambda x, th: ((x - th) ** 2).sum(),
+                       ineq=lambda x, th: (x * x).sum() - 1, x0=np.zeros(3), method=method)
+    sol = prob.solve(t)
+    assert sol.converged
+    np.testing.assert_allclose(sol.x, t / radius, atol=1e-9)    # polished to round-off
+    assert list(sol.info["active"]) == [0]
+    np.testing.assert_allclose(sol.info["lam"], [radius - 1.0], rtol=1e-8)
+
+
+def test_trust_constr_stopping_outside_near_active_threshold_is_polished():
+    # A theta for which trust-constr (SciPy 1.17) stops at |x| - 1 = -2.5e-6.
+    t = np.array([1.0, 2.0, 0.5]) * (1 + 1e-3 * np.random.default_rng(0).standard_normal(3))
+    prob = Constrained(lambda x, th: ((x - th) ** 2).sum(),
+                       ineq=lambda x, th: (x * x).sum() - 1, x0=np.zeros(3),
+                       method="trust-constr")
+    sol = prob.solve(t)
+    np.testing.assert_allclose(sol.x, t / np.linalg.norm(t), atol=1e-12)
+    np.testing.assert_allclose(sol.info["lam"], [np.linalg.norm(t) - 1], rtol=1e-10)
+
+
 def test_constrained_minres_matches_direct():
     Q, G, c, h, x, lam = qp_instance(31, 5, 7, 3)
     v = np.arange(5.0)

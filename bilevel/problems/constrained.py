@@ -257,7 +257,9 @@ class Constrained(Problem):
                 lambda z: ev(z)[0], x0.ravel(), jac=lambda z: ev(z)[1], method=self.method,
                 constraints=constraints, options=options)
         x = np.asarray(result.x, dtype=np.float64)
-        x, mu_info = self._polish(x, theta_t, shape, ev)
+        _, gf, _, _, g, _ = ev(x)
+        binding = _binding(result, self._ineq is not None, x, gf, g)
+        x, mu_info = self._polish(x, theta_t, shape, ev, binding)
         f, gf, h, Jh, g, Jg = ev(x)
         violation = max(float(np.abs(h).max(initial=0.0)), float(g.max(initial=0.0)))
         if violation > _INFEASIBLE_TOL * max(1.0, float(np.abs(x).max(initial=0.0))):
@@ -274,8 +276,13 @@ class Constrained(Problem):
             "nu": nu, "lam": lam, "active": active, "violation": violation,
             "method": self.method, "scipy_status": int(result.status)}
 
-    def _polish(self, x, theta_t, shape, ev):
-        """Newton steps on the KKT system of the active set; keep them if they help."""
+    def _polish(self, x, theta_t, shape, ev, binding):
+        """Newton steps on the KKT system of the active set; keep them if they help.
+
+        ``binding`` (indices of inequalities) joins the working set of the first step: the
+        ones SciPy's own multipliers call binding, whatever their slack (an interior-point
+        method stops at slacks ~ its barrier parameter, which may exceed ``_NEAR_ACTIVE``).
+        """
         best = None
         for _ in range(8):
             f, gf, h, Jh, g, Jg = ev(x)
@@ -289,7 +296,8 @@ class Constrained(Problem):
             # Newton's working set: the active constraints and the nearly active ones with
             # a positive multiplier (interior-point solvers stop at slacks ~1e-8).
             xscale = max(1.0, float(np.abs(x).max(initial=0.0)))
-            near = np.flatnonzero(g >= -_NEAR_ACTIVE * xscale)
+            near = np.union1d(np.flatnonzero(g >= -_NEAR_ACTIVE * xscale), binding)
+            binding = np.zeros(0, dtype=np.intp)     # later steps start from Newton's iterate
             _, nu_w, lam_w, _ = _multipliers(x, gf, h, Jh, g, Jg, near)
             work = near[(lam_w[near] > 1e-10 * max(1.0, float(np.abs(gf).max(initial=0.0))))
                         | (g[near] >= -_ACTIVE_TOL * xscale)]
@@ -312,6 +320,24 @@ class Constrained(Problem):
                 break
             x = candidate
         return best[1], best[2]
+
+
+def _binding(result, has_ineq, x, gf, g):
+    """Inequalities that SciPy's own multipliers call binding (trust-constr's ``result.v``).
+
+    An interior-point method stops with ``lam_i * slack_i ~ mu`` (its barrier parameter)
+    for every ``i``: binding constraints have the larger multiplier, inactive ones the larger
+    slack, each measured on its own scale (``||grad f||`` and ``||x||``). SciPy's inequality
+    is ``-g >= 0``, so its multiplier is ``-lam``. SLSQP is an active-set method whose iterate
+    lies on its constraints: its slacks suffice and it has no ``v``.
+    """
+    v = result.get("v")
+    if not has_ineq or not v:
+        return np.zeros(0, dtype=np.intp)
+    lam = -np.asarray(v[-1], dtype=np.float64).ravel()
+    lam_scale = max(1.0, float(np.abs(gf).max(initial=0.0)))
+    x_scale = max(1.0, float(np.abs(x).max(initial=0.0)))
+    return np.flatnonzero(lam / lam_scale > -g / x_scale)
 
 
 def _multipliers(x, gf, h, Jh, g, Jg, active=None):
