@@ -196,9 +196,9 @@ def main(argv=None):
     print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, numba {numba.__version__}"
           f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads: torch "
           f"{torch.get_num_threads()}, numba {numba.get_num_threads()}")
-    from bilevel.solvers.piecewise import _warmup
+    from bilevel.solvers.piecewise import warmup
 
-    _warmup()                       # compile (or load) the kernels timed here, untimed
+    warmup()                        # compile (or load) the kernels timed here, untimed
     failures = []
     rows, per_sample = run_vjp(quick, repeat, failures)
     run_dp(quick, repeat)

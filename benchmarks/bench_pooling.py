@@ -53,7 +53,7 @@ import torch
 from _harness import format_seconds, make_parser, print_table, time_median
 
 import bilevel as bl
-from bilevel.solvers.pooling import _warmup as warmup_pooling
+from bilevel.solvers.pooling import warmup as warmup_pooling
 
 PEERS = ()
 ALPHA = 1.0

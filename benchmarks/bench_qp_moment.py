@@ -119,10 +119,10 @@ def main(argv=None):
     from cvxpylayers.torch import CvxpyLayer
 
     import bilevel as bl
-    from bilevel.solvers.qp import _warmup
+    from bilevel.solvers.qp import warmup
 
     torch.set_default_dtype(torch.float64)
-    _warmup()          # compiles (or loads from the cache) the QP/NNLS kernels, untimed
+    warmup()           # compiles (or loads from the cache) the QP/NNLS kernels, untimed
     print("QP and moment layers: bilevel vs cvxpylayers" + ("" if quick else " and qpth"))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch threads "
           f"{torch.get_num_threads()}; float64")

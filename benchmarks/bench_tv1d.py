@@ -425,7 +425,7 @@ def condat_rows(S, lam, lam_vec, call, main, repeat, quick):
         return [condat_tv.tv_denoise(row, lam) for row in SC]
 
     def ours_numpy():
-        return prob.solve_batch(SC, lam_vec)
+        return prob.capabilities.batch.solve(SC, lam_vec).x
 
     def timed(fn):
         return time_median(fn, repeat=repeat, number=number_for(fn, quick))
@@ -433,7 +433,7 @@ def condat_rows(S, lam, lam_vec, call, main, repeat, quick):
     condat = {"condat-tv": timed(condat_matrix), "condat-tv loop": timed(condat_loop)}
     return [(f"layer forward, autograd on {main}", {"ours": timed(fns["fwd"]), **condat}),
             ("layer forward, no grad", {"ours": timed(fns["fwd, no grad"]), **condat}),
-            ("TV1D.solve_batch (NumPy, no torch)", {"ours": timed(ours_numpy), **condat})]
+            ("TV1D batch.solve (NumPy, no torch)", {"ours": timed(ours_numpy), **condat})]
 
 
 # --- scaling ------------------------------------------------------------------------------

@@ -4,17 +4,22 @@ r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
           \quad x^*(\theta) \in \arg\min_x E(x, \theta)
 """
 
-from bilevel import losses, problems, strategies, torch
+from bilevel import losses, problems, strategies, testing, torch
 from bilevel._report import CompareReport
 from bilevel._types import (
+    Batch,
+    BatchSolution,
     ConvergenceWarning,
     DegeneracyWarning,
     Dual,
+    KKTSystem,
     Manifold,
     Mirror,
     NotApplicable,
+    Optimality,
     SingularSystemError,
     Solution,
+    StepMap,
 )
 from bilevel.api import (
     MinimizeResult,
@@ -28,6 +33,8 @@ from bilevel.api import (
 )
 
 __all__ = [
+    "Batch",
+    "BatchSolution",
     "CompareReport",
     "ConvergenceWarning",
     "DegeneracyWarning",
@@ -39,13 +46,17 @@ __all__ = [
     "hypergradient",
     "jacobian",
     "jvp",
+    "KKTSystem",
     "losses",
     "Manifold",
     "Mirror",
     "Dual",
     "minimize",
+    "Optimality",
     "problems",
+    "StepMap",
     "strategies",
+    "testing",
     "torch",
     "value_gradient",
     "vjp",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["pullback"]
+__all__ = ["envelope", "pullback"]
 
 
 def pullback(output, inputs, cotangent, *, retain_graph=False):
@@ -23,8 +23,37 @@ def pullback(output, inputs, cotangent, *, retain_graph=False):
     retain_graph : bool
         Keep the graph for further products (Krylov iterations).
     """
+    if not output.requires_grad:        # no input enters the output
+        return tuple(np.zeros(tuple(t.shape)) for t in inputs)
     w = torch.from_numpy(np.ascontiguousarray(cotangent, dtype=np.float64).reshape(output.shape))
     grads = torch.autograd.grad((output * w).sum(), inputs, retain_graph=retain_graph,
                                 allow_unused=True)
     return tuple(np.zeros(tuple(t.shape)) if g is None else g.detach().numpy()
                  for g, t in zip(grads, inputs))
+
+
+def envelope(fn, solution, *, gradient=True):
+    r"""``(fn(x*, theta), grad_theta fn(x*, theta))`` at a fixed minimizer ``x*``.
+
+    The envelope (Danskin) theorem: for ``p(theta) = min_x E(x, theta)`` with a unique
+    minimizer, ``grad p(theta) = grad_theta E(x*, theta)``; with ``fn`` a Lagrangian at
+    fixed multipliers it is the value gradient of a constrained problem.
+
+    Parameters
+    ----------
+    fn : callable
+        ``(x, theta) -> scalar tensor``.
+    solution : Solution
+        ``x*`` and theta (in the caller's structure).
+    gradient : bool
+        False skips the gradient (returns None for it).
+    """
+    from bilevel._types import as_tuple, like_structure
+
+    parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=gradient)
+                  for t in as_tuple(solution.theta))
+    x = torch.from_numpy(np.asarray(solution.x, dtype=np.float64))
+    with torch.enable_grad():
+        value = fn(x, like_structure(parts, solution.theta)).reshape(())
+        grads = pullback(value, parts, np.ones(())) if gradient else None
+    return float(value.detach()), (like_structure(grads, solution.theta) if gradient else None)

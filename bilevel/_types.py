@@ -9,14 +9,19 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "Batch",
+    "BatchSolution",
     "ConvergenceWarning",
     "DegeneracyWarning",
     "Dual",
+    "KKTSystem",
     "Manifold",
     "Mirror",
     "NotApplicable",
+    "Optimality",
     "SingularSystemError",
     "Solution",
+    "StepMap",
     "as_tuple",
     "like_structure",
 ]
@@ -240,3 +245,154 @@ class Dual:
     gap: float = 0.0
     iterates: Callable | None = None
     info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Optimality:
+    r"""An optimality residual ``F`` with ``F(x*, theta) = 0`` and ``d_x F`` invertible at ``x*``.
+
+    :class:`~bilevel.strategies.Implicit` differentiates it:
+    ``(dx*/dtheta)^T v = -(d_theta F)^T u`` with ``(d_x F)^T u = v``.
+
+    Attributes
+    ----------
+    residual : callable
+        ``(x, theta) -> F`` in torch, shaped like ``x``, differentiable in both (for a
+        smooth energy ``F = grad_x E``).
+    hessian : callable, optional
+        ``solution -> d_x F`` at ``x*`` as a dense ndarray ``(n, n)``: a NumPy fast path.
+    theta_vjp : callable, optional
+        ``(solution, u) -> (d_theta F)^T u``, a tuple over theta's parts: the fast path's
+        second half. Implicit uses the fast path when both are given.
+    """
+
+    residual: Callable
+    hessian: Callable | None = None
+    theta_vjp: Callable | None = None
+
+    @property
+    def fast_path(self):
+        """Whether both NumPy fast paths are offered."""
+        return self.hessian is not None and self.theta_vjp is not None
+
+
+@dataclass(frozen=True)
+class StepMap:
+    r"""The solver's fixed-point map ``z+ = T(z, theta)``, on a state ``z`` that ``x`` is read off.
+
+    :class:`~bilevel.strategies.Unroll` replays it from ``start``;
+    :class:`~bilevel.strategies.FixedPoint` differentiates its fixed point ``z*``. For most
+    problems the state is ``x`` itself; a primal-dual method carries ``z = (x, p)``.
+
+    Attributes
+    ----------
+    step : callable
+        ``(z, theta) -> z+`` in torch, a contraction (or averaged map) with fixed point ``z*``.
+    start : callable
+        ``parts -> z_0`` (NumPy): the iteration's start for theta's parts (a tuple).
+    state : callable, optional
+        ``solution -> z*`` (NumPy); default ``solution.x``.
+    output : callable, optional
+        ``(z, theta) -> x`` in torch; default the state itself.
+    """
+
+    step: Callable
+    start: Callable
+    state: Callable | None = None
+    output: Callable | None = None
+
+    def at_solution(self, solution):
+        """Return ``z*`` of a solution."""
+        return solution.x if self.state is None else self.state(solution)
+
+    def read(self, z, theta):
+        """Return ``x`` read off the state ``z`` (torch)."""
+        return z if self.output is None else self.output(z, theta)
+
+
+@dataclass(frozen=True)
+class KKTSystem:
+    r"""The linearized KKT conditions at ``(x*, mu*)`` of a constrained problem.
+
+    With ``c = (h, g_A)`` (equalities and active inequalities) and multipliers
+    ``mu = (nu, lam_A)``, the map ``K(x, mu, theta) = (grad_x f + (d_x c)^T mu, c)`` vanishes
+    at the solution; its Jacobian in ``(x, mu)`` is the symmetric indefinite
+    ``[[H, A^T], [A, 0]]`` (Gould, Hartley, Campbell 2021, Propositions 4.5-4.6).
+
+    Attributes
+    ----------
+    n_x : int
+        Size of ``x`` (the first block of the unknowns).
+    size : int
+        ``n_x`` plus the number of active multipliers.
+    matvec : callable
+        ``w -> [[H, A^T], [A, 0]] w`` on 1-D arrays of ``size`` (the matrix is symmetric).
+    theta_vjp : callable
+        ``w -> (d_theta K)^T w``, a tuple over theta's parts.
+    info : dict
+        ``active``, ``nu``, ``lam`` (all q, zero off the active set), ``multipliers`` (their
+        source), ``stationarity``, ``one_sided`` and ``weakly_active``.
+    """
+
+    n_x: int
+    size: int
+    matvec: Callable
+    theta_vjp: Callable
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchSolution:
+    """Solutions of a batch of instances, each theta part stacked along a first axis ``B``.
+
+    Attributes
+    ----------
+    x : ndarray, shape (B, ...)
+        The minimizers.
+    parts : tuple of ndarray
+        Theta's parts, each ``(B, ...)``.
+    solutions : tuple of Solution, optional
+        One per row, when the rows were solved one at a time (their certificates).
+    certificate : dict
+        Per-row arrays of the batched solver's certificate (partitions, margins, ...),
+        when the batch was solved by the problem's batched kernel.
+    """
+
+    x: np.ndarray
+    parts: tuple
+    solutions: tuple | None = None
+    certificate: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """How an instance batches: its parameters' instance dimensions and batched kernels.
+
+    Attributes
+    ----------
+    theta_ndim : tuple of int
+        Dimensions of one instance's theta parts (``(1, 0)``: a signal and a scalar); the
+        leading dimensions beyond them are batch dimensions.
+    solve : callable, optional
+        ``(*parts) -> BatchSolution`` on ``(B, ...)`` parts: every row at once, with the
+        certificate its batched VJPs read.
+    analytic_vjp : callable, optional
+        ``(batch_solution, V) -> (grads, margins)``: the closed-form VJP of every row
+        (``grads`` a tuple of ``(B, ...)`` arrays, ``margins`` ``(B,)`` non-degeneracy
+        margins), for :class:`~bilevel.strategies.Analytic`.
+    manifold_vjp : callable, optional
+        The same signature, on the active manifold, for
+        :class:`~bilevel.strategies.PartialSmoothness`.
+    """
+
+    theta_ndim: tuple
+    solve: Callable | None = None
+    analytic_vjp: Callable | None = None
+    manifold_vjp: Callable | None = None
+
+    def __post_init__(self):
+        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in self.theta_ndim):
+            raise ValueError(f"theta_ndim must hold integers >= 0, one per theta part, "
+                             f"got {self.theta_ndim!r}")
+        if (self.analytic_vjp or self.manifold_vjp) and self.solve is None:
+            raise ValueError("batched VJPs read the batched solve's certificate: give solve")

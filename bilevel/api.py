@@ -15,33 +15,37 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._memory import measure_memory
-from bilevel._registry import STRATEGIES, check_applicable, get_strategy, strategy_names
+from bilevel._registry import (
+    STRATEGIES,
+    VALUE_STRATEGIES,
+    applicable_strategies,
+    check_applicable,
+    check_problem,
+    get_strategy,
+    strategy_names,
+)
 from bilevel._report import CompareReport
 from bilevel._types import (
+    BatchSolution,
     ConvergenceWarning,
     NotApplicable,
     SingularSystemError,
     as_tuple,
     like_structure,
 )
+from bilevel.losses import Loss, OptimalValue
 from bilevel.problems.base import check_array
-from bilevel.strategies import FiniteDifference, Strategy
+from bilevel.strategies import FiniteDifference, Strategy, ValueFiniteDifference
 
 __all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "jvp", "minimize",
-           "value_gradient", "vjp"]
-
-
-def _check_problem(problem):
-    if not (hasattr(problem, "solve") and hasattr(problem, "capabilities")):
-        raise TypeError(f"problem must be a bilevel problem (see bilevel.problems), "
-                        f"got {type(problem).__name__}")
+           "solve_batch", "value_gradient", "vjp", "vjp_batch"]
 
 
 def _loss_terms(loss, x, theta):
     """``(value, grad_x, grad_theta)`` of ``loss`` at ``(x, theta)``; grad_theta may be None."""
     if not callable(loss):
         raise TypeError(f"loss must be callable loss(x, theta) -> scalar, got {loss!r}")
-    if hasattr(loss, "value_and_grad"):
+    if isinstance(loss, Loss):
         value, gx, gtheta = loss.value_and_grad(x, theta)
     else:
         parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
@@ -90,7 +94,7 @@ def vjp(problem, theta, v, strategy=None, *, init=None, return_info=False):
     return_info : bool
         Also return the strategy's info dict, with ``strategy`` and ``solution``.
     """
-    _check_problem(problem)
+    check_problem(problem)
     strat = get_strategy(strategy, problem)
     check_applicable(strat, problem)
     sol = problem.solve(theta, init=init)
@@ -117,10 +121,8 @@ def jvp(problem, theta, dtheta, strategy=None, *, init=None, return_info=False):
     return_info : bool
         Also return the strategy's info dict, with ``strategy`` and ``solution``.
     """
-    _check_problem(problem)
-    forward = [n for n in strategy_names()
-               if STRATEGIES[n].jvp is not Strategy.jvp
-               and STRATEGIES[n].requires <= frozenset(getattr(problem, "capabilities", ()))]
+    check_problem(problem)
+    forward = [n for n in applicable_strategies(problem) if STRATEGIES[n].jvp is not Strategy.jvp]
     strat = get_strategy(strategy if strategy is not None else forward[0], problem)
     if type(strat).jvp is Strategy.jvp:
         raise NotApplicable(f"strategy {strat.name!r} has no forward mode (jvp); strategies "
@@ -176,8 +178,8 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
     >>> round(float(grad), 6)   # x* = y/2 / (1/2 + lam): dL/dlam = -|x*|^2 / (1/2 + lam)
     -1.25
     """
-    _check_problem(problem)
-    if getattr(loss, "optimal_value", False):     # bl.losses.OptimalValue: L = p(theta)
+    check_problem(problem)
+    if isinstance(loss, OptimalValue):     # L = p(theta): a value strategy
         value, grad, info = value_gradient(problem, theta, strategy, init=init,
                                            return_info=True)
         sol = info["solution"]
@@ -201,7 +203,7 @@ def jacobian(problem, theta, strategy=None, *, init=None):
 
     Returns an array of shape ``x.shape + theta.shape`` (a tuple of them for tuple theta).
     """
-    _check_problem(problem)
+    check_problem(problem)
     strat = get_strategy(strategy, problem)
     check_applicable(strat, problem)
     sol = problem.solve(theta, init=init)
@@ -219,19 +221,19 @@ def jacobian(problem, theta, strategy=None, *, init=None):
 def value_gradient(problem, theta, strategy=None, *, init=None, return_info=False):
     """Value and gradient of ``p(theta) = min_x E(x, theta)``.
 
-    With ``strategy="value_function"`` (:class:`~bilevel.strategies.ValueFunction`) the
-    gradient is the dual solution (Mehmood and Ochs 2021), which exists when ``E`` is
-    convex but not strongly convex in ``x``; it needs the problem's ``dual``. With
-    ``strategy=None`` it is the default for problems that offer ``dual``; otherwise the
-    envelope (Danskin) theorem ``grad p(theta) = grad_theta E(x*, theta)``, for a smooth
-    energy with a unique minimizer, needs only ``energy``.
+    Value strategies (:mod:`bilevel.strategies.value_function`): ``"value_function"``, the
+    dual solution (Mehmood and Ochs 2021), which exists when ``E`` is convex but not
+    strongly convex in ``x`` and needs the problem's ``dual``; ``"envelope"``, Danskin's
+    ``grad p(theta) = grad_theta E(x*, theta)`` for a smooth energy with a unique minimizer
+    (on constrained problems, the Lagrangian's); ``"finite_difference"``, central
+    differences of ``p``, the reference. ``strategy=None`` picks the first that applies in
+    that order.
 
     Parameters
     ----------
     problem : Problem
     theta : ndarray or tuple of ndarray
-    strategy : Strategy, str or None
-        A value strategy (``"value_function"``) or None.
+    strategy : ValueStrategy, str or None
     init : ndarray, optional
         Warm start of the inner solve.
     return_info : bool
@@ -240,39 +242,60 @@ def value_gradient(problem, theta, strategy=None, *, init=None, return_info=Fals
     Raises
     ------
     NotApplicable
-        When the problem offers neither ``dual`` nor ``energy``, or the strategy's needs.
+        When the problem offers none of ``dual``, ``energy``, ``constraints``, or not what
+        the strategy needs.
     """
-    _check_problem(problem)
-    if strategy is None and "dual" in problem.capabilities:
-        strategy = "value_function"
-    if strategy is not None:
-        strat = get_strategy(strategy, problem)
-        if not hasattr(strat, "value_gradient"):
-            raise ValueError(f"strategy {strat.name!r} differentiates x*, not a value: "
-                             "value_gradient takes strategy='value_function' or None")
-        check_applicable(strat, problem)
-        sol = problem.solve(theta, init=init)
-        value, grad, info = strat.value_gradient(problem, sol)
-        info = {**info, "strategy": strat.name, "solution": sol}
-        return (value, grad, info) if return_info else (value, grad)
-    if "energy" not in problem.capabilities:
-        raise NotApplicable(f"value_gradient needs the capability 'dual' or 'energy', which "
-                            f"{problem.name!r} does not offer")
+    check_problem(problem)
+    strat = get_strategy(strategy, problem, VALUE_STRATEGIES)
+    check_applicable(strat, problem)
     sol = problem.solve(theta, init=init)
-    parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
-                  for t in as_tuple(sol.theta))
-    with torch.enable_grad():
-        value = problem.energy(torch.from_numpy(sol.x), like_structure(parts, sol.theta))
-    grad = like_structure(pullback(value, parts, np.ones(())), sol.theta)
-    if return_info:
-        return float(value.detach()), grad, {"strategy": "envelope", "solution": sol}
-    return float(value.detach()), grad
+    value, grad, info = strat.value_gradient(problem, sol)
+    info = {**info, "strategy": strat.name, "solution": sol}
+    return (value, grad, info) if return_info else (value, grad)
 
 
-def _resolve_list(strategies):
+def solve_batch(problem, parts, strategy=None):
+    """Solve a batch of instances for ``strategy``'s batched VJP: a :class:`~bilevel.BatchSolution`.
+
+    ``parts`` are theta's parts, each stacked along a first axis ``B``. When the strategy
+    uses the problem's batched kernel (``strategy.batch_kernel``), every row is solved by
+    the problem's batched solve; otherwise row by row, keeping each row's certificate.
+    """
+    check_problem(problem)
+    strat = get_strategy(strategy, problem)
+    check_applicable(strat, problem)
+    parts = tuple(np.ascontiguousarray(p, dtype=np.float64) for p in parts)
+    if strat.batch_kernel(problem) is not None:
+        return problem.capabilities.batch.solve(*parts)
+    template = parts if len(parts) > 1 else parts[0]
+    size = parts[0].shape[0] if parts else 0
+    solutions = tuple(problem.solve(like_structure(tuple(p[b] for p in parts), template))
+                      for b in range(size))
+    return BatchSolution(x=np.stack([s.x for s in solutions]), parts=parts,
+                         solutions=solutions)
+
+
+def vjp_batch(problem, batch, V, strategy=None):
+    """VJPs of every row of a :func:`solve_batch` result: ``(grads, info)``.
+
+    ``V`` is ``(B, *x.shape)``; ``grads`` a tuple over theta's parts of ``(B, ...)`` arrays,
+    by ``strategy.vjp_batch`` (its batched kernel, or each row with every knob).
+    """
+    check_problem(problem)
+    strat = get_strategy(strategy, problem)
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    if V.shape != batch.x.shape:
+        raise ValueError(f"V must have the batch's solution shape {batch.x.shape}, "
+                         f"got {V.shape}")
+    with torch.enable_grad():           # strategies may build torch graphs
+        grads, info = strat.vjp_batch(problem, batch, V)
+    return grads, {**info, "strategy": strat.name}
+
+
+def _resolve_list(strategies, problem, registry):
     if strategies is None:
-        return [STRATEGIES[n]() for n in strategy_names()]
-    return [get_strategy(s) for s in strategies]
+        return [registry[n]() for n in strategy_names(registry)]
+    return [get_strategy(s, problem, registry) for s in strategies]
 
 
 def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5,
@@ -282,12 +305,14 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
     Parameters
     ----------
     problem, loss, theta
-        As for :func:`hypergradient`.
+        As for :func:`hypergradient`. With the loss :class:`bilevel.losses.OptimalValue`
+        the rows are value strategies (:func:`value_gradient`).
     strategies : list of Strategy or str, optional
-        Default: every registered strategy; inapplicable ones are reported as skipped.
+        Default: every registered strategy (of the loss's kind); inapplicable ones are
+        reported as skipped.
     reference : "auto", str or Strategy
         "auto": the closed form (``analytic``) when the problem has one, else fourth-order
-        finite differences.
+        finite differences (of ``x*``, or of ``p`` for the optimal value).
     repeat : int
         Timed runs per strategy; the median is reported.
     budgets : list of int, optional
@@ -302,26 +327,35 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         One row per strategy: hypergradient, relative error, median time, peak memory,
         iterations, residual, or the reason it was skipped or failed.
     """
-    _check_problem(problem)
+    check_problem(problem)
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     solve_times = []
     for _ in range(repeat):
         sol = problem.solve(theta)
         solve_times.append(sol.info["time"])
-    value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
+    values = isinstance(loss, OptimalValue)
+    registry = VALUE_STRATEGIES if values else STRATEGIES
+    if not values:
+        value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
 
     def full(strat):
-        g, info = strat.vjp(problem, sol, gx)
-        g = _add(g, gtheta)
+        if values:
+            _, g, info = strat.value_gradient(problem, sol)
+        else:
+            g, info = strat.vjp(problem, sol, gx)
+            g = _add(g, gtheta)
         return (_scale_log(g, sol.theta) if log_scale else g), info
 
     if reference == "auto":
-        reference = "analytic" if "analytic_vjp" in problem.capabilities \
-            else FiniteDifference(order=4)
-    ref_strategy = get_strategy(reference)
+        reference = (ValueFiniteDifference(order=4) if values
+                     else "analytic" if "analytic_vjp" in problem.capabilities
+                     else FiniteDifference(order=4))
+    ref_strategy = get_strategy(reference, problem, registry)
     check_applicable(ref_strategy, problem)
     ref_grad, _ = full(ref_strategy)
+    if values:
+        value = ref_strategy.value_gradient(problem, sol)[0]
     ref_flat = np.concatenate([np.ravel(g) for g in as_tuple(ref_grad)])
 
     def error(g):
@@ -329,7 +363,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         return float(np.linalg.norm(flat - ref_flat) / max(np.linalg.norm(ref_flat), 1e-300))
 
     rows = []
-    for strat in _resolve_list(strategies):
+    for strat in _resolve_list(strategies, problem, registry):
         row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
         try:
             check_applicable(strat, problem)
@@ -345,9 +379,6 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         except SingularSystemError as exc:
             rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
             continue
-        except NotApplicable as exc:     # value_function: it differentiates a value, not x*
-            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
-            continue
         try:
             with measure_memory() as mem:
                 full(strat)
@@ -362,8 +393,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
                 warnings.simplefilter("ignore", ConvergenceWarning)   # small budgets, by design
                 row["trace"] = [(int(b), error(full(strat.with_budget(b))[0])) for b in budgets]
         rows.append(row)
-    return CompareReport(problem=getattr(problem, "name", type(problem).__name__),
-                         loss=float(value), reference=_label(ref_strategy),
+    return CompareReport(problem=problem.name, loss=float(value), reference=_label(ref_strategy),
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=float(np.median(solve_times)),
                          log_scale=log_scale, rows=rows)
@@ -442,20 +472,15 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     -------
     MinimizeResult
     """
-    _check_problem(problem)
+    check_problem(problem)
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    optimal_value = getattr(loss, "optimal_value", False)    # L = p(theta): value_gradient
-    if optimal_value:
-        strat = None if strategy is None else get_strategy(strategy, problem)
-        name = strat.name if strat else ("value_function" if "dual" in problem.capabilities
-                                         else "envelope")
-    else:
-        strat = get_strategy(strategy, problem)
-        check_applicable(strat, problem)
-        name = strat.name
+    optimal_value = isinstance(loss, OptimalValue)    # L = p(theta): a value strategy
+    strat = get_strategy(strategy, problem, VALUE_STRATEGIES if optimal_value else None)
+    check_applicable(strat, problem)
+    name = strat.name
     start_parts = problem.check_theta(theta0)
     trainable = (True,) * len(start_parts) if trainable is None else tuple(map(bool, trainable))
     if len(trainable) != len(start_parts) or not any(trainable):

@@ -78,16 +78,19 @@ def _minimize(args):
 
 
 def _list(args):
-    from bilevel._registry import PROBLEMS, applicable_strategies, strategy_names
+    from bilevel._registry import applicable_strategies, problem_variants, strategy_names
 
     names = strategy_names()
-    width = max(len(p) for p in PROBLEMS) + 2
+    variants = problem_variants()
+    width = max(len(label) for label, _ in variants) + 2
     print("problem".ljust(width) + "  ".join(names))
-    for pname, cls in PROBLEMS.items():
-        ok = set(applicable_strategies(cls))
+    for label, problem in variants:
+        ok = set(applicable_strategies(problem))
         cells = [("yes" if n in ok else "-").ljust(len(n)) for n in names]
-        print(pname.ljust(width) + "  ".join(cells).rstrip())
-    print("\n(smooth offers 'step', hence unroll and fixed_point, when given step_size)")
+        print(label.ljust(width) + "  ".join(cells).rstrip())
+    print("\n(one row per capability set: a problem whose capabilities depend on its "
+          "constructor arguments has a row per variant; Smooth offers 'step' with step_size)")
+    return 0
 
 
 def main(argv=None):

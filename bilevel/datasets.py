@@ -1,4 +1,4 @@
-"""Real data sets bundled with scikit-learn, split and standardized for bilevel tasks.
+"""Data sets for bilevel tasks: scikit-learn's bundled ones, and a synthetic regression.
 
 The CSV files ship inside scikit-learn; they are read directly so that a command-line
 run does not pay for importing scikit-learn (about a second).
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATASETS", "load", "split_standardize"]
+__all__ = ["DATASETS", "load", "regression_data", "split_standardize"]
 
 DATASETS = ("breast_cancer", "diabetes")
 
@@ -55,3 +55,12 @@ def split_standardize(X, y, *, train_fraction=0.5, seed=0):
     Xs = (X - mean) / std
     return (np.ascontiguousarray(Xs[train]), np.ascontiguousarray(y[train]),
             np.ascontiguousarray(Xs[val]), np.ascontiguousarray(y[val]))
+
+
+def regression_data(n_samples, n_features, *, seed=0, noise=0.1):
+    """Gaussian design with standardized columns, and a noisy linear target."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features))
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    w = rng.standard_normal(n_features)
+    return X, X @ w + noise * rng.standard_normal(n_samples)

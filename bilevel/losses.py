@@ -1,8 +1,9 @@
 """Ready upper-level losses ``L(x, theta)``.
 
-Each is a callable on torch tensors (what strategies and custom code differentiate) and
-offers ``value_and_grad(x, theta) -> (value, grad_x, grad_theta)`` in NumPy, the fast path
-:func:`bilevel.hypergradient` takes. None depends on theta (``grad_theta`` is None).
+Each is a :class:`Loss`: a callable on torch tensors (what strategies and custom code
+differentiate) with ``value_and_grad(x, theta) -> (value, grad_x, grad_theta)`` in NumPy, the
+fast path :func:`bilevel.hypergradient` takes. None depends on theta (``grad_theta`` is
+None). Any other callable ``loss(x, theta)`` written in torch is differentiated by autograd.
 """
 
 from __future__ import annotations
@@ -12,10 +13,23 @@ import torch
 
 from bilevel.problems.base import check_array, check_design
 
-__all__ = ["CrossEntropy", "LogisticLoss", "OptimalValue", "Reconstruction", "SquaredError"]
+__all__ = ["CrossEntropy", "LogisticLoss", "Loss", "OptimalValue", "Reconstruction",
+           "SquaredError"]
 
 
-class SquaredError:
+class Loss:
+    """Base class of ready losses: ``__call__`` in torch and ``value_and_grad`` in NumPy."""
+
+    def __call__(self, x, theta=None):
+        """Evaluate on torch tensors."""
+        raise NotImplementedError
+
+    def value_and_grad(self, x, theta=None):
+        """Return ``(value, grad_x, grad_theta or None)`` in NumPy."""
+        raise NotImplementedError
+
+
+class SquaredError(Loss):
     """Held-out squared error ``||X x - y||^2 / (2m)``.
 
     Parameters
@@ -40,7 +54,7 @@ class SquaredError:
         return 0.5 * float(r @ r) / m, self.X.T @ r / m, None
 
 
-class LogisticLoss:
+class LogisticLoss(Loss):
     """Held-out logistic loss ``mean log(1 + exp(-y_i a_i^T x))``, labels in {-1, +1}.
 
     Parameters
@@ -67,7 +81,7 @@ class LogisticLoss:
         return value, self.X.T @ r / margins.shape[0], None
 
 
-class CrossEntropy:
+class CrossEntropy(Loss):
     """Multinomial cross-entropy ``-mean_i log softmax(a_i^T W)_{c_i}`` of a model W (p, k).
 
     Parameters
@@ -104,7 +118,7 @@ class CrossEntropy:
         return value, grad.reshape(x.shape), None
 
 
-class Reconstruction:
+class Reconstruction(Loss):
     """``||x - target||^2 / 2``.
 
     Parameters
@@ -130,9 +144,11 @@ class Reconstruction:
 class OptimalValue:
     r"""The lower problem's optimal value as the upper loss: ``L = p(theta) = min_x E(x, theta)``.
 
-    A marker: :func:`bilevel.hypergradient` recognizes it and returns
-    :func:`bilevel.value_gradient` (the gradient from the dual solution, or the envelope
-    theorem), which needs no derivative of ``x*`` and exists where ``x*`` is not unique.
+    A marker: :func:`bilevel.hypergradient`, :func:`bilevel.compare` and
+    :func:`bilevel.minimize` recognize it and use the value strategies of
+    :func:`bilevel.value_gradient` (the dual solution, the envelope theorem, finite
+    differences of ``p``), which need no derivative of ``x*`` and exist where ``x*`` is not
+    unique.
 
     Examples
     --------
@@ -141,8 +157,6 @@ class OptimalValue:
     >>> bl.hypergradient(prob, bl.losses.OptimalValue(), np.array([0.0, 1.0, 5.0]))
     (5.0, array([-1.,  0.,  1.]))
     """
-
-    optimal_value = True
 
     def __call__(self, x, theta=None):
         """Not evaluated on ``x``: the value comes from the problem (see the class docstring)."""

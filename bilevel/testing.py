@@ -14,6 +14,7 @@ import numpy as np
 
 from bilevel._registry import get_strategy
 from bilevel._types import as_tuple
+from bilevel.datasets import regression_data
 
 __all__ = ["check_vjp", "logistic_instances", "regression_data", "ridge_instances",
            "sparse_instances"]
@@ -65,15 +66,6 @@ def check_vjp(problem, theta, strategy, reference="finite_difference", *, rtol=1
                 f"|g - g_ref| = {err:.3e} > atol + rtol |g_ref| = {atol + rtol * scale:.3e}\n"
                 f"  {strat.name}: {g}\n  {ref.name}: {g_ref}")
     return worst
-
-
-def regression_data(n_samples, n_features, *, seed=0, noise=0.1):
-    """Gaussian design with standardized columns, and a noisy linear target."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n_samples, n_features))
-    X = (X - X.mean(axis=0)) / X.std(axis=0)
-    w = rng.standard_normal(n_features)
-    return X, X @ w + noise * rng.standard_normal(n_samples)
 
 
 def _sizes(st, max_features):
@@ -128,7 +120,7 @@ def _stable(problem, theta, min_margin=1e-3, min_active=1e-3):
     if not sol.converged or not sol.info["support"].size:
         return False
     try:
-        manifold = problem.manifold(sol)
+        manifold = problem.capabilities.manifold(sol)
         manifold.solve(np.zeros(manifold.dim))
     except SingularSystemError:
         return False

@@ -10,8 +10,8 @@ Strongly convex lower level (ridge regression, condition number kappa = L / mu):
 - ``fixed_point`` with n Neumann terms at x*: error ~ (1 - 1/kappa)^n, no n factor;
 - ``implicit`` with n conjugate-gradient iterations: error ~ ((sqrt(kappa)-1)/(sqrt(kappa)+1))^n.
 
-Non-smooth lower levels (1-D TV denoising; least squares on the simplex; NNLS when it
-offers the ``mirror`` capability): ``bregman`` unrolls a smooth Bregman method (a
+Non-smooth lower levels (1-D TV denoising; least squares on the simplex; NNLS, which
+offers the ``mirror`` capability too): ``bregman`` unrolls a smooth Bregman method (a
 primal-dual method with the box mirror on the TV dual; entropic mirror descent on the
 simplex and the orthant) whose derivative sequence converges linearly to the exact one
 (``partial_smoothness`` / ``analytic``); finite differences are shown for reference, and
@@ -77,7 +77,7 @@ lam = 0.02
 sol = ridge.solve(lam)
 v = np.random.default_rng(0).standard_normal(X.shape[1])
 exact = bl.vjp(ridge, lam, v, "analytic")
-H = ridge.hessian(sol)
+H = ridge.capabilities.optimality.hessian(sol)        # the dense d_x F at x*
 eig = np.linalg.eigvalsh(H)
 mu, L = eig[0], ridge._smax + lam
 kappa = L / mu
@@ -130,8 +130,8 @@ b = A @ np.r_[0.6, 0.4, 0.3, -0.4 * np.ones(5)]      # 3 active, 5 with clear ga
 simplex = bl.problems.SimplexLeastSquares(A)
 cases = [("TV1D (primal-dual, box mirror)", tv, theta_tv, "partial_smoothness"),
          ("simplex LS (entropic mirror descent)", simplex, b, "analytic")]
-if "nnls" in bl._registry.PROBLEMS and "mirror" in bl._registry.PROBLEMS["nnls"].capabilities:
-    nnls = bl._registry.PROBLEMS["nnls"](A)
+nnls = bl.problems.NNLS(A)
+if "mirror" in nnls.capabilities:
     cases.append(("NNLS (entropic mirror descent)", nnls, b - 0.3, "analytic"))
 
 budgets_ns = np.unique(np.geomspace(10, 800 if args.quick else 4000, 10 if args.quick else 20)

@@ -56,8 +56,7 @@ print(f"lower level: converged={sol.converged} after {sol.n_iter} L-BFGS iterati
 print("x* =", np.round(sol.x, 3))
 
 # One hypergradient per strategy.
-for strategy in ("implicit", "fixed_point", bl.strategies.Unroll(n_steps=500),
-                 "finite_difference"):
+for strategy in ("implicit", "fixed_point", "unroll", "finite_difference"):
     value, grad, info = bl.hypergradient(problem, loss, theta, strategy, return_info=True)
     print(f"{info['strategy']:>17}: L = {value:.6f}, dL/dtheta[:3] = {np.round(grad[:3], 8)}")
 

@@ -1,7 +1,7 @@
 """Reproduce the 1-D experiments of "Differentiable programming for piecewise polynomial
-functions" (anonymous, under review; ../shared/papers/differentiable-piecewise-polynomial-
-approximation.txt): data-free generator training (Figures 1-3) and the denoising
-autoencoder with a piecewise regularizer (Figures 4 and 6).
+functions" (anonymous authors, paper under double-blind review): data-free generator
+training (Figures 1-3) and the denoising autoencoder with a piecewise regularizer (Figures
+4 and 6).
 
 Layer: ``h = bl.torch.Layer(bl.problems.PiecewisePolynomial(k, degree), backward)``, the
 optimal k-piece degree-d l2 projection (dynamic programming) with either the exact
@@ -92,7 +92,7 @@ def train_generator(k, degree, backward, seed):
         opt.step()
     with torch.no_grad():
         Y = G(torch.randn(256, LATENT)).double().numpy()
-    H = PP(k, degree).solve_batch(np.ascontiguousarray(Y))
+    H = PP(k, degree).capabilities.batch.solve(np.ascontiguousarray(Y)).x
     return np.array(losses), relative_residual(Y, H), Y[:3], H[:3]
 
 
@@ -161,7 +161,7 @@ def train_dae(X, Y, Xt, Yt, k, degree, regularize, seed):
             curve.append(float(0.5 * ((f(Xt_t).double().numpy() - Yt) ** 2).sum(1).mean()))
     with torch.no_grad():
         out = f(Xt_t).double().numpy()
-    H = PP(k, degree).solve_batch(np.ascontiguousarray(out))
+    H = PP(k, degree).capabilities.batch.solve(np.ascontiguousarray(out)).x
     return (np.array(curve), float(np.mean((out - Yt) ** 2)),
             float(np.mean((out - H) ** 2)), out)
 

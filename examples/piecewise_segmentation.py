@@ -1,7 +1,6 @@
 """Segmentation with a connected-component layer: the toy version of Table 1 of
-"Differentiable programming for piecewise polynomial functions" (anonymous, under review;
-../shared/papers/differentiable-piecewise-polynomial-approximation.txt, section 5 and
-appendix B.3).
+"Differentiable programming for piecewise polynomial functions" (anonymous authors, paper
+under double-blind review; section 5 and appendix B.3).
 
 The Weizmann horse data set is not available here; we use synthetic shapes instead: 32 x 32
 grey images of one random ellipse or rectangle (the foreground, mask 1) whose intensity

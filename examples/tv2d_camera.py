@@ -25,6 +25,7 @@ Run: ``python examples/tv2d_camera.py [--operator blur] [--size 128] [--quick]``
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,14 @@ def main(argv=None):
         previous.append(float(theta[1]))
         return len(previous) > 1 and abs(previous[-1] / previous[-2] - 1) < 1e-6
 
-    result = bl.minimize(problem, loss, (noisy, lam0), strategy, optimizer="lbfgs",
-                         steps=steps, log_scale=True, trainable=(False, True), progress=False,
-                         callback=settled)
+    with warnings.catch_warnings():
+        # 200 Neumann terms leave the adjoint residual above fixed_point's tol, by design (a
+        # few percent, see above): FixedPoint warns at every step. The solver's warnings stay.
+        warnings.filterwarnings("ignore", message="fixed_point: the Neumann series",
+                                category=bl.ConvergenceWarning)
+        result = bl.minimize(problem, loss, (noisy, lam0), strategy, optimizer="lbfgs",
+                             steps=steps, log_scale=True, trainable=(False, True),
+                             progress=False, callback=settled)
     lam = float(result.theta[1])
     u = problem.solve((noisy, lam)).x
     h = result.history

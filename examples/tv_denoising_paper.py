@@ -20,12 +20,12 @@ The script
 
 1. (Tables 1-2) grid-searches lam in [0, 50] for l1 and l2, orders 1-3, minimizing the
    train MSE ``mean (y* - clean)^2``: one batched solve of the 600 signals per grid value
-   (``TV1D.solve_batch``). The grid is the paper's 20 values ``linspace(0, 50, 20)`` (its
-   best lam are 50/19 multiples) merged with a finer grid, so that both optima are read off
-   the same run. Then (our addition) it selects lam by gradient: L-BFGS on ``log lam``
-   from lam = 10
-   minimizing ``log(train MSE)`` (same minimizer, scale-free), the hypergradient coming
-   from ``bl.torch.Layer`` on the 540 x 100 training batch;
+   (``TV1D(...).capabilities.batch.solve``). The grid is the paper's 20 values
+   ``linspace(0, 50, 20)`` (its best lam are 50/19 multiples) merged with a finer grid, so
+   that both optima are read off the same run. Then (our addition) it selects lam by
+   gradient: L-BFGS on ``log lam`` from lam = 10 minimizing ``log(train MSE)`` (same
+   minimizer, scale-free), the hypergradient coming from ``bl.torch.Layer`` on the
+   540 x 100 training batch;
 2. (Tables 3-4) trains a fully connected layer 100 -> 100 (no activation) followed by the
    TV layer (l1, order 3 for cosine, order 1 for piecewise constant, lam fixed at the grid
    optimum of the same TV layer on the same data, as the paper does), and the FC layer
@@ -172,7 +172,7 @@ def grid_search(problem, S, C):
     mse = np.empty((grid.size, 2))
     start = time.perf_counter()
     for i, lam in enumerate(grid):
-        err = (problem.solve_batch(S, np.full(S.shape[0], lam)) - C) ** 2
+        err = (problem.capabilities.batch.solve(S, np.full(S.shape[0], lam)).x - C) ** 2
         mse[i] = err[train].mean(), err[test].mean()
     return mse, time.perf_counter() - start
 
@@ -216,7 +216,7 @@ for kind in ("cosine", "piecewise"):
                                     "paper_best": paper_best, "warnings": str(caught_grid)}
         with Caught() as caught_sel:
             lam, sel_mse, sel_time, path = select_lam(problem, S, C)
-        y_test = problem.solve_batch(S[test], np.full(N_SIGNALS - N_TRAIN, lam))
+        y_test = problem.capabilities.batch.solve(S[test], np.full(N_SIGNALS - N_TRAIN, lam)).x
         selected[kind, norm, order] = {"lam": lam, "train": sel_mse, "time": sel_time,
                                        "test": float(np.mean((y_test - C[test]) ** 2)),
                                        "path": path, "warnings": str(caught_sel)}
@@ -317,7 +317,7 @@ for kind in ("cosine", "piecewise"):
     for sd in NOISE[kind]:
         lam, lam_time = tv_lam(kind, sd)
         problem = problem_for("l1", LAYER_ORDER[kind])
-        tv_alone = problem.solve_batch(noisy[kind, sd], np.full(N_SIGNALS, lam))
+        tv_alone = problem.capabilities.batch.solve(noisy[kind, sd], np.full(N_SIGNALS, lam)).x
         layer_runs[kind, sd] = {"lam": lam, "lam_time": lam_time, "TV": tv_alone,
                                 "FC": train_model(kind, sd),
                                 "FC+TV": train_model(kind, sd, lam)}

@@ -6,80 +6,23 @@ import inspect
 
 import numpy as np
 import pytest
+import torch
 
 import bilevel as bl
-from bilevel._registry import PROBLEMS, STRATEGIES, applicable_strategies
-from bilevel.testing import regression_data
+from bilevel._registry import (
+    PROBLEMS,
+    STRATEGIES,
+    VALUE_STRATEGIES,
+    applicable_strategies,
+    requirement_sets,
+)
+from bilevel._types import Batch, Dual, Manifold, Mirror, Optimality, StepMap
+from bilevel.problems import KKT
 
-X, Y = regression_data(30, 3, seed=4)
-
-
-def quadratic(x, t):
-    return 0.5 * (x @ x) * t[0] - t[1] @ x + 0.1 * (x**4).sum()
-
-
-INSTANCES = {
-    "ridge-scalar": (bl.problems.Ridge(X, Y), np.asarray(0.2)),
-    "ridge-vector": (bl.problems.Ridge(X, Y), np.array([0.1, 0.2, 0.3])),
-    "logistic": (bl.problems.LogisticRegression(X, np.sign(Y)), np.asarray(0.05)),
-    "logistic-l1": (bl.problems.LogisticRegression(X, np.sign(Y), penalty="l1"),
-                    np.asarray(0.02)),
-    "lasso-scalar": (bl.problems.Lasso(X, Y), np.asarray(0.1)),
-    "lasso-vector": (bl.problems.Lasso(X, Y), np.array([0.1, 0.3, 0.05])),
-    "elastic_net-tuple": (bl.problems.ElasticNet(X, Y), (np.asarray(0.1), np.asarray(0.2))),
-    "tv1d-l1": (bl.problems.TV1D(1), (np.array([0.0, 2.0, 3.0]), np.asarray(0.2))),
-    "tv1d-l2": (bl.problems.TV1D(2, "l2"), (np.array([0.0, 2.0, 2.3]), np.asarray(0.3))),
-    # tol 1e-12 (Newton-polished): finite differences divide solver error by h ~ 7e-4.
-    "smooth-tuple": (bl.problems.Smooth(quadratic, np.zeros(3), step_size=0.2, tol=1e-12),
-                     (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))),
-    # A unique, well-separated optimal partition ({0, 0.1} | {2}); an image of 1 x 3 pixels
-    # away from the bin edges: both maps are linear near theta.
-    "piecewise_polynomial-histogram": (bl.problems.PiecewisePolynomial(2, 0),
-                                       np.array([0.0, 0.1, 2.0])),
-    "connected_components-image": (bl.problems.ConnectedComponents(4),
-                                   np.array([[0.12, 0.15, 0.81]])),
-    # Constrained problems: active inequalities with positive multipliers (no kinks).
-    "constrained-sphere": (bl.problems.Constrained(
-        lambda x, t: ((x - t) ** 2).sum(), eq=lambda x, t: (x * x).sum() - 1.0,
-        ineq=lambda x, t: x[:1] - 0.2, x0=np.array([0.0, 1.0, 0.0])),
-        np.array([1.0, 0.5, 0.2])),
-    "equality_constrained_ls-moment": (bl.problems.EqualityConstrainedLS(
-        *bl.problems.moment_matrix([-0.1, 0.1, 0.2], 0, 2)), np.array([0.3, 0.5, 0.1])),
-    "qp-c": (bl.problems.QP(np.diag([2.0, 1.0, 1.5]), np.array([[1.0, 1.0, 0.0],
-                                                                 [0.0, -1.0, 1.0]]),
-                            np.array([0.5, 0.2])), np.array([-2.0, -1.0, 0.5])),
-    "qp-tuple": (bl.problems.QP(np.diag([2.0, 1.0, 1.5]), np.array([[1.0, 1.0, 0.0],
-                                                                     [0.0, -1.0, 1.0]])),
-                 (np.array([-2.0, -1.0, 0.5]), np.array([0.5, 0.2]))),
-    # Bregman problems: supports with clear margins; a game with a fully mixed equilibrium.
-    "simplex_ls-b": (bl.problems.SimplexLeastSquares(np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2],
-                                                               [0.1, 0.4, 1.0], [0.5, 0.0, 0.3]])),
-                     np.array([1.0, 0.6, -0.5, 0.2])),
-    "segmentation-pixels": (bl.problems.MultiLabelSegmentation(mu=0.2, alpha=0.5),
-                            np.array([[[0.0, 0.3, 2.0], [0.2, 0.1, 2.0]]])),
-    "matrix_game-A": (bl.problems.MatrixGame(), np.array([[2.0, -1.0], [-1.0, 1.0]])),
-    "lad-u": (bl.problems.LeastAbsoluteDeviation(np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0],
-                                                           [1.0, 3.0], [1.0, 4.0]])),
-              np.array([0.1, 1.3, 1.9, 3.4, 3.8])),
-    "linear_program-tuple": (bl.problems.LinearProgram(np.array([[1.0, 1.0, 1.0, 0.0],
-                                                                 [1.0, -1.0, 0.0, 1.0]])),
-                             (np.array([2.0, 0.5]), np.array([1.0, 2.0, 3.0, 2.5]))),
-    # Pooling rows with an outlier, residuals away from the kinks; projections away from
-    # kinks (support {0, 1} of the l1 ball, margin 0.3); softmax is smooth everywhere.
-    "robust_pooling-pseudo_huber": (bl.problems.RobustPooling("pseudo_huber", 1.0),
-                                    np.array([[0.0, 0.4, 3.0], [1.0, -0.5, 0.2]])),
-    "robust_pooling-welsch": (bl.problems.RobustPooling("welsch", 1.0),
-                              np.array([[0.0, 0.4, 3.0], [1.0, -0.5, 0.2]])),
-    "projection-l1_ball": (bl.problems.Projection("l1_ball", 1.0), np.array([1.0, 0.8, -0.1])),
-    "projection-l2_sphere": (bl.problems.Projection("l2_sphere", 2.0),
-                             np.array([1.0, -2.0, 0.5])),
-    "entropic_simplex-z": (bl.problems.EntropicSimplex(), np.array([0.5, -1.0, 2.0])),
-    # tol 1e-12: finite differences (the reference here) divide solver error by h.
-    "tv2d-identity": (bl.problems.TV2D(tol=1e-12, max_iter=100000),
-                      (np.array([[0.0, 0.1, 1.0], [0.1, 0.9, 1.2]]), np.asarray(0.05))),
-    "nnls-b": (bl.problems.NNLS(np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.1, 0.4, 1.0],
-                                          [0.5, 0.0, 0.3]])), np.array([1.0, -1.0, 0.5, 0.2])),
-}
+# Every registered class's representative instances (Problem.examples): curated so that each
+# sits away from kinks (positive margins, positive multipliers, clear supports).
+INSTANCES = {label: (problem, theta) for cls in PROBLEMS.values()
+             for label, problem, theta in cls.examples()}
 PAIRS = [(k, s) for k, (p, _) in INSTANCES.items() for s in applicable_strategies(p)]
 
 
@@ -92,21 +35,19 @@ def test_registry_covers_every_class():
                               "entropic_simplex"}
     assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
                                "partial_smoothness", "finite_difference",
-                               "straight_through", "bregman", "value_function"}
+                               "straight_through", "bregman"}
+    assert set(VALUE_STRATEGIES) == {"value_function", "envelope", "finite_difference"}
     assert {k.split("-")[0] for k in INSTANCES} == set(PROBLEMS)
 
 
 @pytest.mark.parametrize("key, name", PAIRS)
 def test_vjp_contract_and_agreement_with_implicit(key, name):
     problem, theta = INSTANCES[key]
-    if name == "value_function":
-        pytest.skip("value_function differentiates the optimal value p(theta), not x*: its "
-                    "vjp raises; tests/test_value_function.py checks bl.value_gradient")
     shape = problem.solve(theta).x.shape
     v = np.linspace(-1, 1, int(np.prod(shape))).reshape(shape)
-    strategy = STRATEGIES[name]() if name != "unroll" else bl.strategies.Unroll(n_steps=2000)
-    # The disc mirror of isotropic TV has a sublinear tail (tests/test_bregman.py measures
-    # it): the contract (structure, dtype, finite) on a step budget, without agreement.
+    strategy = STRATEGIES[name]()     # unroll: replays until x_n is within 1e-10 of x*
+    # The disc mirror of isotropic TV has a sublinear tail (tests/strategies/test_bregman.py
+    # measures it): the contract (structure, dtype, finite) on a step budget, without agreement.
     slow_tail = (key, name) == ("tv2d-identity", "bregman")
     if slow_tail:
         strategy = bl.strategies.BregmanUnroll(n_steps=2000, tol=None)
@@ -122,7 +63,7 @@ def test_vjp_contract_and_agreement_with_implicit(key, name):
         assert np.all(np.isfinite(part))
         if name == "straight_through" or slow_tail:
             continue    # the identity backward is biased by design: no agreement to check
-        # Exact strategies to round-off; FD to ~1e-9; unroll after 2000 contracting steps.
+        # Exact strategies to round-off; FD to ~1e-9; unroll once x_n is within 1e-10 of x*.
         np.testing.assert_allclose(part, ref, rtol=1e-6, atol=1e-10)
     assert info["strategy"] == name and "time" in info and "iterations" in info
 
@@ -138,7 +79,7 @@ def test_not_applicable_text(name):
     with pytest.raises(bl.NotApplicable) as exc:
         cls().vjp(Empty(), None, None)
     text = str(exc.value)
-    assert name in text and all(c in text for c in cls.requires)
+    assert name in text and all(c in text for req in requirement_sets(cls) for c in req)
     assert "finite_difference" in text                  # always names what would work
 
 
@@ -167,6 +108,82 @@ def test_check_vjp_fails_on_a_wrong_strategy():
     from bilevel.testing import check_vjp
 
     problem, lam = INSTANCES["logistic"]
-    with pytest.raises(AssertionError, match="unroll VJP differs from finite_difference"):
+    with pytest.raises(AssertionError, match="unroll VJP differs from finite_difference"), \
+            pytest.warns(bl.ConvergenceWarning, match="n_steps=1"):
         check_vjp(problem, lam, bl.strategies.Unroll(n_steps=1))
     assert check_vjp(problem, lam, "implicit", rtol=1e-7) < 1e-7
+
+
+@pytest.mark.parametrize("key", sorted(INSTANCES))
+def test_what_each_problem_declares_is_what_it_provides(key):
+    """Every declared capability has its declared type and does what its contract says."""
+    problem, theta = INSTANCES[key]
+    caps = problem.capabilities
+    sol = problem.solve(theta)
+    parts = bl._types.as_tuple(sol.theta)
+    tensors = tuple(torch.from_numpy(np.asarray(p, dtype=np.float64)) for p in parts)
+    theta_t = tensors if isinstance(sol.theta, tuple) else tensors[0]
+    x = torch.from_numpy(np.asarray(sol.x, dtype=np.float64))
+    scale = max(1.0, float(np.abs(sol.x).max()))
+    assert caps.names == frozenset(caps) and all(name in caps for name in caps.names)
+    if caps.optimality is not None:
+        assert isinstance(caps.optimality, Optimality)
+        residual = caps.optimality.residual(x, theta_t)
+        assert residual.shape == x.shape
+        assert float(residual.detach().abs().max()) <= 1e-6 * scale      # F(x*, theta) = 0
+        if caps.optimality.fast_path:
+            H = caps.optimality.hessian(sol)
+            assert H.shape == (sol.x.size, sol.x.size)
+    if caps.step is not None:
+        assert isinstance(caps.step, StepMap)
+        z = torch.from_numpy(np.asarray(caps.step.at_solution(sol), dtype=np.float64))
+        z_next = caps.step.step(z, theta_t)
+        # the solution is the step map's fixed point, to the solver's accuracy
+        assert float((z_next - z).detach().abs().max()) <= 1e-6 * max(1.0, float(z.abs().max()))
+        np.testing.assert_allclose(caps.step.read(z, theta_t).numpy(), sol.x, atol=1e-12)
+        assert np.shape(caps.step.start(parts)) == np.shape(z)
+    if caps.energy is not None:
+        assert caps.energy(x, theta_t).numel() == 1
+    if caps.constraints is not None:
+        assert isinstance(caps.constraints, KKT)
+        system = caps.constraints.system(sol)
+        assert system.n_x == sol.x.size and system.size >= system.n_x
+        assert np.shape(system.matvec(np.ones(system.size))) == (system.size,)
+    for name, kind in (("manifold", Manifold), ("mirror", Mirror), ("dual", Dual)):
+        fn = getattr(caps, name)
+        if fn is not None:
+            assert isinstance(fn(sol), kind), name
+    if caps.analytic_vjp is not None:
+        grads = caps.analytic_vjp(sol, np.ones(sol.x.shape))
+        assert [np.shape(g) for g in grads] == [np.shape(p) for p in parts]
+    assert caps.straight_through in (True, False)
+    if caps.batch is not None:
+        assert isinstance(caps.batch, Batch)
+        assert len(caps.batch.theta_ndim) == len(parts)
+        one_instance = caps.batch.theta_ndim == tuple(np.ndim(p) for p in parts)
+        if caps.batch.solve is not None and one_instance:
+            rows = tuple(np.stack([p, p]) for p in parts)
+            batch = caps.batch.solve(*rows)
+            np.testing.assert_allclose(batch.x, np.stack([sol.x, sol.x]), atol=1e-10)
+            for kernel in (caps.batch.analytic_vjp, caps.batch.manifold_vjp):
+                if kernel is not None:
+                    V = np.ones(batch.x.shape)
+                    args = (batch, V) if kernel is caps.batch.analytic_vjp else (batch, V, False)
+                    grads, margins = kernel(*args)
+                    assert [np.shape(g) for g in grads] == [np.shape(r) for r in rows]
+                    assert np.shape(margins) == (2,)
+
+
+def test_every_problem_class_has_examples_covering_its_variants():
+    from bilevel._registry import problem_variants
+
+    labels = [label for label, _ in problem_variants()]
+    assert {"tv1d-l1", "tv1d-order2", "tv1d-l2", "logistic", "logistic-l1", "smooth-tuple",
+            "smooth-no_step"} <= set(labels)
+    assert all(PROBLEMS[name].examples() for name in PROBLEMS)
+
+
+def test_old_style_capability_declaration_is_refused():
+    with pytest.raises(TypeError, match="offers"):
+        class OldStyle(bl.problems.Problem):
+            capabilities = frozenset({"step"})

@@ -97,7 +97,9 @@ def test_public_functions_reject_bad_arguments():
 def test_value_gradient_without_energy_is_not_applicable():
     class Bare(Problem):
         name = "bare"
-        capabilities = frozenset({"step"})
+
+        def offers(self):
+            return bl.problems.Capabilities(step=bl.StepMap(lambda x, t: x, start=np.zeros))
 
     with pytest.raises(bl.NotApplicable, match="energy"):
         bl.value_gradient(Bare(), 1.0)

@@ -76,10 +76,9 @@ def solve(matvec, b, *, method="cg", tol=1e-10, maxiter=None, x0=None, damping=0
         u, rcond = _lu_solve(A, b)
         if not rcond > 1.0 / _COND_LIMIT:
             raise SingularSystemError(
-                f"the linear system is singular (condition number ~{1 / max(rcond, 1e-300):.1e}); "
-                "add damping (e.g. damping=1e-8), or, if the problem offers a step map, a "
-                "strategy that needs no inverse ('unroll', or 'fixed_point' with "
-                "method='neumann')")
+                    f"the linear system is singular (condition number "
+                    f"~{1 / max(rcond, 1e-300):.1e}); add damping (e.g. damping=1e-8) or solve "
+                    "it by a pseudo-inverse")
         residual = np.linalg.norm(A @ u - b) / bnorm
         return u, {"iterations": 1, "residual": residual, "method": method,
                    "time": time.perf_counter() - start}

@@ -1,33 +1,50 @@
-"""The problem interface: a lower-level energy and the capabilities strategies may use.
+"""The problem interface: a lower-level energy and the typed capabilities strategies use.
 
-A problem solves ``x*(theta) = argmin_x E(x, theta)`` and offers torch-side maps, each a
-capability named in ``capabilities``:
+A problem solves ``x*(theta) = argmin_x E(x, theta)`` and declares, in :meth:`Problem.offers`,
+what it offers strategies as one :class:`Capabilities` value, one typed field per capability:
 
-- ``optimality(x, theta)``: a residual ``F`` with ``F(x*, theta) = 0`` (here ``grad_x E``);
-- ``step(x, theta)``: a contraction ``T`` with fixed point ``x*`` (a gradient step);
-- ``energy(x, theta)``: ``E`` itself (value-function gradients, user energies);
-- ``analytic_vjp(solution, v)``: the exact structured ``(dx*/dtheta)^T v``;
-- ``constraints``: ``x* = argmin f`` s.t. ``h = 0``, ``g <= 0``, through the maps
-  ``objective(x, theta)`` (``f``, a scalar), ``eq(x, theta)`` and ``ineq(x, theta)`` (1-D
-  tensors ``h`` and ``g``, or None); ``Solution.info`` carries the multipliers ``nu`` (of
-  ``h``) and ``lam`` (of ``g``, ``>= 0``) when the solver has them, and an attribute
-  ``constraints_affine = True`` declares ``h``, ``g`` affine in ``x`` with Jacobians
-  independent of theta (see :mod:`bilevel.problems.constrained`).
+- ``optimality``: an :class:`~bilevel.Optimality` residual ``F(x*, theta) = 0`` (with
+  optional dense-Hessian fast paths), for ``implicit``;
+- ``step``: a :class:`~bilevel.StepMap`, the solver's fixed-point map with its state, start
+  and read-out, for ``unroll`` and ``fixed_point``;
+- ``energy``: ``(x, theta) -> E`` in torch, differentiable in theta at ``x*`` (the
+  envelope theorem's value gradient, user energies);
+- ``constraints``: a :class:`~bilevel.problems.kkt.KKT` description (objective,
+  equalities, inequalities, affinity, the KKT system), for ``implicit``;
+- ``manifold``, ``mirror``, ``dual``: ``solution -> Manifold / Mirror / Dual``, for
+  ``partial_smoothness``, ``bregman`` and the value strategy ``value_function``;
+- ``analytic_vjp``: ``(solution, v) -> (dx*/dtheta)^T v``, a tuple over theta, for
+  ``analytic``;
+- ``straight_through``: the problem opts in to the identity-backward baseline;
+- ``batch``: a :class:`~bilevel.Batch`, instance dimensions and batched kernels, for
+  :class:`bilevel.torch.Layer`.
 
-Optional NumPy fast paths that strategies use when present: ``hessian(solution)`` (dense
-``d F / d x`` at ``x*``) and ``optimality_theta_vjp(solution, u)`` (``(dF/dtheta)^T u``).
+Strategies read only these values: nothing probes a problem by attribute name.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Set
+from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
+import torch
 
-from bilevel._types import ConvergenceWarning, Solution, like_structure
+from bilevel._registry import register_base
+from bilevel._types import (
+    Batch,
+    ConvergenceWarning,
+    Optimality,
+    Solution,
+    StepMap,
+    like_structure,
+)
+from bilevel.problems.kkt import KKT
 
-__all__ = ["Problem", "check_array", "check_design", "check_nonnegative"]
+__all__ = ["KKT", "Capabilities", "Problem", "check_array", "check_design", "check_nonnegative"]
 
 
 def check_array(value, name, *, ndim=None, shape=None):
@@ -57,21 +74,107 @@ def check_nonnegative(value, name, *, shapes):
     return arr
 
 
+_TYPES = {"optimality": Optimality, "step": StepMap, "constraints": KKT, "batch": Batch}
+
+
+@dataclass(frozen=True)
+class Capabilities(Set):
+    """What a problem instance offers strategies: one typed value per capability.
+
+    Each field is None (not offered) or a value of its declared type (module docstring);
+    ``straight_through`` is a flag. As a set it holds the offered capabilities' names
+    (``"manifold" in caps``, ``sorted(caps)``, ``caps <= {...}``); ``names`` is that set as a
+    frozenset.
+    """
+
+    optimality: Optimality | None = None
+    step: StepMap | None = None
+    energy: Callable | None = None
+    constraints: KKT | None = None
+    manifold: Callable | None = None
+    mirror: Callable | None = None
+    dual: Callable | None = None
+    analytic_vjp: Callable | None = None
+    straight_through: bool = False
+    batch: Batch | None = None
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "straight_through":
+                continue
+            expected = _TYPES.get(f.name)
+            if expected is not None and not isinstance(value, expected):
+                raise TypeError(f"capability {f.name!r} must be a {expected.__name__}, "
+                                f"got {type(value).__name__}")
+            if expected is None and not callable(value):
+                raise TypeError(f"capability {f.name!r} must be callable, got {value!r}")
+        if not isinstance(self.straight_through, bool):
+            raise TypeError("capability 'straight_through' is a bool")
+
+    @property
+    def names(self):
+        """The offered capabilities' names (a frozenset)."""
+        return frozenset(f.name for f in fields(self)
+                         if getattr(self, f.name) not in (None, False))
+
+    @classmethod
+    def _from_iterable(cls, names):
+        return frozenset(names)
+
+    def __contains__(self, name):
+        return name in self.names
+
+    def __iter__(self):
+        return iter(sorted(self.names))
+
+    def __len__(self):
+        return len(self.names)
+
+
+@register_base("problem")
 class Problem:
     """Base class of lower-level problems.
 
-    Subclasses set ``name`` and ``capabilities``, implement ``check_theta`` (validation,
-    returning a tuple of float64 arrays), ``init`` (default starting point) and
+    Subclasses set ``name``, implement ``check_theta`` (validation, returning a tuple of
+    float64 arrays), ``init`` (default starting point),
     ``_solve(theta, x0) -> (x, n_iter, residual[, info])`` (theta validated, in the
-    caller's structure; the optional dict joins ``Solution.info``), and the torch maps they
-    declare. Torch maps take ``theta`` in the caller's structure too: a tensor, or a tuple
-    of tensors.
-    ``tol`` is the tolerance on ``residual`` (the inf-norm of the optimality residual).
+    caller's structure; the optional dict joins ``Solution.info``) and :meth:`offers`, the
+    typed capabilities of the instance. Torch maps take ``theta`` in the caller's structure:
+    a tensor, or a tuple of tensors. ``tol`` is the tolerance on ``residual``.
     """
 
     name = "problem"
-    capabilities = frozenset()
     tol = 1e-10
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "capabilities" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: declare capabilities by overriding offers() "
+                            "and returning a bilevel.problems.Capabilities of typed values "
+                            "(see docs/extending.md), not a 'capabilities' attribute")
+
+    def offers(self):
+        """Return the :class:`Capabilities` of this instance (override; default: none)."""
+        return Capabilities()
+
+    @cached_property
+    def capabilities(self):
+        """The :class:`Capabilities` :meth:`offers` returns, computed once per instance."""
+        caps = self.offers()
+        if not isinstance(caps, Capabilities):
+            raise TypeError(f"{type(self).__name__}.offers() must return a Capabilities, got "
+                            f"{type(caps).__name__}")
+        return caps
+
+    @classmethod
+    def examples(cls):
+        """Return representative small instances: ``[(label, problem, theta), ...]``.
+
+        One per variant whose capabilities differ (``bilevel list``, docs/matrix.md and the
+        contract tests walk them). Default: none.
+        """
+        return []
 
     def check_theta(self, theta):
         """Validate theta; return it as a tuple of float64 arrays."""
@@ -99,7 +202,8 @@ class Problem:
         if init is not None:
             x0 = check_array(init, "init", shape=x0.shape).copy()
         start = time.perf_counter()
-        x, n_iter, residual, *extra = self._solve(theta, x0)
+        with torch.enable_grad():       # solvers may differentiate torch maps, in any context
+            x, n_iter, residual, *extra = self._solve(theta, x0)
         elapsed = time.perf_counter() - start
         converged = bool(residual <= self.tol)
         if not converged:

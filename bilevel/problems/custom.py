@@ -1,10 +1,16 @@
-r"""User-defined smooth energies written in torch.
+r"""The user's own energies, written in torch: smooth ones and constrained ones.
 
-.. math:: x^*(\theta) = \arg\min_x E(x, \theta)
+.. math:: x^*(\theta) = \arg\min_x E(x, \theta) \qquad\text{and}\qquad
+          x^*(\theta) = \arg\min_x f(x, \theta) \ \text{ s.t. } h(x, \theta) = 0,\
+          g(x, \theta) \le 0
 
-solved by SciPy's L-BFGS-B on torch gradients, polished by a few Newton-CG steps on
-torch Hessian-vector products; ``grad_x E`` is the optimality residual
-and, given a step size, ``x - eta grad_x E`` the fixed-point map.
+:class:`Smooth` is solved by SciPy's L-BFGS-B on torch gradients, polished by a few
+Newton-CG steps on torch Hessian-vector products; ``grad_x E`` is the optimality residual
+and, given a step size, ``x - eta grad_x E`` the fixed-point map. :class:`Constrained` is
+solved by SciPy (SLSQP or trust-constr) and polished by Newton steps on the Lagrangian
+residual of its working set (:mod:`bilevel.problems.kkt`), which also gives implicit
+differentiation its KKT system (Gould, Hartley, Campbell, "Deep Declarative Networks",
+TPAMI 2021, Propositions 4.5-4.6).
 """
 
 from __future__ import annotations
@@ -16,13 +22,35 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._registry import register_problem
-from bilevel._types import ConvergenceWarning, as_tuple
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, ConvergenceWarning, Optimality, StepMap, as_tuple
+from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.kkt import KKT, active_set
 
-__all__ = ["Smooth"]
+__all__ = ["Constrained", "Smooth"]
 
 # Newton steps after L-BFGS when it stalls above tol.
 _NEWTON_POLISH = 5
+# A constraint with slack <= _ACTIVE_TOL max(1, ||x||_inf) is active (the default of
+# Implicit's active_tol, so that the closed forms and the generic KKT solve agree).
+_ACTIVE_TOL = 1e-9
+# Slack below which Constrained's Newton polish considers an inequality (with a positive
+# multiplier) as active.
+_NEAR_ACTIVE = 1e-6
+# Constraint violation above which Constrained reports the problem as infeasible.
+_INFEASIBLE_TOL = 1e-6
+
+
+def _check_theta_ndim(theta_ndim):
+    """Return a user's instance dimensions, or None; a :class:`~bilevel.Batch` for the layer."""
+    if theta_ndim is None:
+        return None
+    return Batch(theta_ndim=tuple(int(d) for d in np.atleast_1d(theta_ndim)))
+
+
+def _check_theta_parts(theta):
+    parts = as_tuple(theta)
+    names = ["theta"] if len(parts) == 1 else [f"theta[{i}]" for i in range(len(parts))]
+    return tuple(check_array(t, n) for t, n in zip(parts, names))
 
 
 @register_problem
@@ -44,6 +72,14 @@ class Smooth(Problem):
         Tolerance on ``||grad_x E||_inf``.
     max_iter : int
         L-BFGS iterations.
+    theta_ndim : tuple of int, optional
+        Dimensions of one instance's theta parts, for batches in
+        :class:`bilevel.torch.Layer` (``(1,)``: theta a vector, leading dimensions batch).
+
+    Notes
+    -----
+    Capabilities: ``optimality`` (``grad_x E`` by autograd), ``energy``, ``step`` with
+    ``step_size``, ``batch`` with ``theta_ndim``.
 
     Examples
     --------
@@ -55,26 +91,43 @@ class Smooth(Problem):
     """
 
     name = "smooth"
-    capabilities = frozenset({"optimality", "energy", "dual"})
 
-    def __init__(self, energy, x0, step_size=None, tol=1e-11, max_iter=1000):
+    def __init__(self, energy, x0, step_size=None, tol=1e-11, max_iter=1000, theta_ndim=None):
         if not callable(energy):
             raise TypeError(f"energy must be callable energy(x, theta), got {energy!r}")
         self._energy = energy
         self.x0 = check_array(x0, "x0")
-        if step_size is not None:
-            if not (np.isfinite(step_size) and step_size > 0):
-                raise ValueError(f"step_size must be finite and > 0, got {step_size}")
-            self.capabilities = Smooth.capabilities | {"step"}
+        if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be finite and > 0, got {step_size}")
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         self.step_size, self.tol, self.max_iter = step_size, float(tol), int(max_iter)
+        self._batch = _check_theta_ndim(theta_ndim)
+
+    def __repr__(self):
+        return f"Smooth(x0 of shape {self.x0.shape}, step_size={self.step_size})"
+
+    def offers(self):
+        """``grad_x E`` as the optimality residual, the energy; a gradient step with a step size."""
+        return Capabilities(
+            optimality=Optimality(self.optimality), energy=self.energy,
+            step=None if self.step_size is None else StepMap(self.step, start=self.init),
+            batch=self._batch)
+
+    @classmethod
+    def examples(cls):
+        """Return a quartic energy in a tuple theta ``(a, b)``, without and with a step size."""
+        def quartic(x, t):
+            return 0.5 * (x @ x) * t[0] - t[1] @ x + 0.1 * (x**4).sum()
+
+        theta = (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))
+        # tol 1e-12 (Newton-polished): finite differences divide solver error by h ~ 7e-4.
+        return [("smooth-tuple", cls(quartic, np.zeros(3), step_size=0.2, tol=1e-12), theta),
+                ("smooth-no_step", cls(quartic, np.zeros(3), tol=1e-12), theta)]
 
     def check_theta(self, theta):
         """Any finite arrays; a bare array or a tuple of them."""
-        parts = as_tuple(theta)
-        names = ["theta"] if len(parts) == 1 else [f"theta[{i}]" for i in range(len(parts))]
-        return tuple(check_array(t, n) for t, n in zip(parts, names))
+        return _check_theta_parts(theta)
 
     def init(self, parts):
         """``x0``."""
@@ -131,22 +184,6 @@ class Smooth(Problem):
         """Gradient step ``x - eta grad_x E`` (only with ``step_size``)."""
         return x - self.step_size * self.optimality(x, theta)
 
-    def dual(self, solution):
-        """Return ``grad p(theta) = grad_theta E(x*, theta)`` (the envelope theorem) as a Dual."""
-        from bilevel._types import Dual, like_structure
-
-        parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
-                      for t in as_tuple(solution.theta))
-        with torch.enable_grad():
-            value = self.energy(torch.from_numpy(solution.x), like_structure(parts,
-                                                                             solution.theta))
-            grads = pullback(value, parts, np.ones(()))
-        return Dual(value=float(value.detach()), gradient=like_structure(grads, solution.theta),
-                    y=np.concatenate([np.ravel(g) for g in grads]),
-                    gap=float(solution.info.get("residual", 0.0)),
-                    info={"method": "envelope theorem"})
-
-
 def _newton_step(problem, x, theta, grad):
     """``H^{-1} grad`` by CG on torch Hessian-vector products at x."""
     from bilevel.linalg import solve
@@ -169,3 +206,238 @@ def _tensors(theta):
     if isinstance(theta, tuple):
         return tuple(torch.from_numpy(t) for t in theta)
     return torch.from_numpy(theta)
+
+
+@register_problem
+class Constrained(Problem):
+    r"""A smooth constrained problem written in torch.
+
+    .. math:: x^* = \arg\min_x f(x, \theta) \ \text{ s.t. } h(x, \theta) = 0,\quad
+              g(x, \theta) \le 0
+
+    Parameters
+    ----------
+    objective : callable
+        ``objective(x, theta) -> scalar tensor`` (``f``); ``x`` is a float64 tensor shaped
+        like ``x0``, theta a tensor or a tuple of tensors as passed to ``solve``.
+    eq : callable, optional
+        ``eq(x, theta) -> tensor`` of p equality constraints ``h = 0``.
+    ineq : callable, optional
+        ``ineq(x, theta) -> tensor`` of q inequality constraints ``g <= 0``.
+    x0 : array_like
+        Starting point; fixes the shape of ``x``.
+    method : {"SLSQP", "trust-constr"}
+        The SciPy solver. Its result is then polished by Newton steps on the KKT system of
+        the active set (quadratic convergence to round-off).
+    affine : bool
+        Declare ``h`` and ``g`` affine in ``x`` with ``d_x h``, ``d_x g`` independent of
+        theta: :class:`~bilevel.strategies.Implicit` then takes the linear shortcut (no
+        multipliers in the Hessian).
+    tol : float
+        Tolerance on the KKT residual (stationarity, feasibility, complementarity, inf-norm,
+        relative to ``max(1, ||grad f||_inf)``).
+    max_iter : int
+        SciPy iterations.
+    theta_ndim : tuple of int, optional
+        Dimensions of one instance's theta parts, for batches in
+        :class:`bilevel.torch.Layer`.
+
+    Notes
+    -----
+    ``Solution.info`` holds ``nu`` (p,), ``lam`` (q,) (recovered by non-negative least
+    squares from ``grad f + (d_x h)^T nu + (d_x g_A)^T lam_A = 0`` after polishing),
+    ``active`` (the active inequalities) and ``violation`` (max constraint violation).
+    A violation above 1e-6 after solving raises ``ValueError`` (infeasible constraints,
+    or a solver failure: try a feasible ``x0`` or the other ``method``).
+    Capabilities: ``constraints`` (a :class:`~bilevel.problems.kkt.KKT`), ``energy`` (the
+    objective on the feasible set), ``dual`` (the multipliers: the value gradient is the
+    Lagrangian's), ``batch`` with ``theta_ndim``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, bilevel as bl
+    >>> prob = bl.problems.Constrained(lambda x, t: ((x - t) ** 2).sum(),
+    ...                                eq=lambda x, t: x.sum() - 1.0, x0=np.zeros(2))
+    >>> sol = prob.solve(np.array([2.0, 0.0]))      # projection onto x1 + x2 = 1
+    >>> np.round(sol.x, 12).tolist(), np.round(sol.info["nu"], 12).tolist()
+    ([1.5, -0.5], [1.0])
+    >>> np.round(bl.vjp(prob, np.array([2.0, 0.0]), np.array([1.0, 0.0]), "implicit"), 12)
+    array([ 0.5, -0.5])
+    """
+
+    name = "constrained"
+
+    def __init__(self, objective, eq=None, ineq=None, x0=None, method="SLSQP", affine=False,
+                 tol=1e-10, max_iter=500, theta_ndim=None):
+        for label, fn in (("objective", objective), ("eq", eq), ("ineq", ineq)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{label} must be callable {label}(x, theta), got {fn!r}")
+        if objective is None:
+            raise TypeError("objective must be callable objective(x, theta)")
+        if x0 is None:
+            raise ValueError("x0 is required: it is the starting point and fixes x's shape")
+        if method not in ("SLSQP", "trust-constr"):
+            raise ValueError(f"method must be 'SLSQP' or 'trust-constr', got {method!r}")
+        if not (tol > 0 and max_iter >= 1):
+            raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+        self._objective, self._eq, self._ineq = objective, eq, ineq
+        self.x0 = check_array(x0, "x0")
+        self.method, self.tol, self.max_iter = method, float(tol), int(max_iter)
+        self._kkt = KKT(self.objective, None if eq is None else self.eq,
+                        None if ineq is None else self.ineq, affine=affine)
+        self._batch = _check_theta_ndim(theta_ndim)
+
+    def __repr__(self):
+        return (f"Constrained(eq={self._eq is not None}, ineq={self._ineq is not None}, "
+                f"method={self.method!r})")
+
+    def offers(self):
+        """Return the KKT description, the objective as the energy, the multipliers as the dual."""
+        return Capabilities(constraints=self._kkt, energy=self.objective, dual=self._kkt.dual,
+                            batch=self._batch)
+
+    @classmethod
+    def examples(cls):
+        """Projection onto the unit sphere with an active inequality (positive multipliers)."""
+        sphere = cls(lambda x, t: ((x - t) ** 2).sum(), eq=lambda x, t: (x * x).sum() - 1.0,
+                     ineq=lambda x, t: x[:1] - 0.2, x0=np.array([0.0, 1.0, 0.0]))
+        return [("constrained-sphere", sphere, np.array([1.0, 0.5, 0.2]))]
+
+    def check_theta(self, theta):
+        """Any finite arrays; a bare array or a tuple of them."""
+        return _check_theta_parts(theta)
+
+    def init(self, parts):
+        """``x0``."""
+        return self.x0.copy()
+
+    # torch maps -----------------------------------------------------------------------
+    def objective(self, x, theta):
+        """``f(x, theta)``, checked to be a scalar tensor."""
+        value = self._objective(x, theta)
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+            raise ValueError("objective(x, theta) must return a scalar torch tensor, "
+                             f"got {type(value).__name__}")
+        return value.reshape(())
+
+    def eq(self, x, theta):
+        """``h(x, theta)`` as a 1-D tensor."""
+        return torch.as_tensor(self._eq(x, theta)).reshape(-1)
+
+    def ineq(self, x, theta):
+        """``g(x, theta)`` as a 1-D tensor."""
+        return torch.as_tensor(self._ineq(x, theta)).reshape(-1)
+
+    # solve ------------------------------------------------------------------------------
+    def _solve(self, theta, x0):
+        import scipy.optimize
+
+        theta_t = _tensors(theta)
+        shape = x0.shape
+        cache = {}
+
+        def ev(flat):
+            key = flat.tobytes()
+            if key not in cache:
+                cache.clear()
+                cache[key] = self._kkt.evaluate(flat.reshape(shape), theta_t)
+            return cache[key]
+
+        constraints = []
+        if self._eq is not None:
+            constraints.append({"type": "eq", "fun": lambda z: ev(z)[2], "jac": lambda z: ev(z)[3]})
+        if self._ineq is not None:    # SciPy's convention: fun(x) >= 0
+            constraints.append({"type": "ineq", "fun": lambda z: -ev(z)[4],
+                                "jac": lambda z: -ev(z)[5]})
+        options = {"maxiter": self.max_iter}
+        if self.method == "SLSQP":
+            options["ftol"] = 1e-15
+        else:
+            options.update(gtol=1e-12, xtol=1e-14)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # SciPy's own warnings; we check below
+            result = scipy.optimize.minimize(
+                lambda z: ev(z)[0], x0.ravel(), jac=lambda z: ev(z)[1], method=self.method,
+                constraints=constraints, options=options)
+        x = np.asarray(result.x, dtype=np.float64)
+        _, gf, _, _, g, _ = ev(x)
+        binding = _binding(result, self._ineq is not None, x, gf, g)
+        x, (active, nu, lam, stationarity) = self._polish(x, theta_t, shape, ev, binding)
+        f, gf, h, Jh, g, Jg = ev(x)
+        violation = max(float(np.abs(h).max(initial=0.0)), float(g.max(initial=0.0)))
+        if violation > _INFEASIBLE_TOL * max(1.0, float(np.abs(x).max(initial=0.0))):
+            raise ValueError(
+                f"Constrained: the constraints look infeasible at this theta: {self.method} "
+                f"ended with max violation {violation:.1e} ({result.message}). Check eq and "
+                "ineq, start from a feasible x0, or try method='trust-constr'")
+        scale = max(1.0, float(np.abs(gf).max(initial=0.0)))
+        complementarity = float(np.abs(lam * g).max(initial=0.0))
+        residual = max(stationarity, violation, complementarity) / scale
+        return x.reshape(shape), int(result.nit), residual, {
+            "nu": nu, "lam": lam, "active": active, "violation": violation,
+            "method": self.method, "scipy_status": int(result.status)}
+
+    def _certificate(self, x, ev, active=None):
+        """``(active, nu, lam, stationarity)`` by least squares on ``active`` (default: slack)."""
+        f, gf, h, Jh, g, Jg = ev(x)
+        if active is None:
+            active = active_set(x, g, _ACTIVE_TOL)
+        nu, lam, stationarity = self._kkt.multipliers(x, gf, h, Jh, g, Jg, active)
+        return active, nu, lam, stationarity
+
+    def _polish(self, x, theta_t, shape, ev, binding):
+        """Newton steps on the Lagrangian residual of a working set; keep them if they help.
+
+        ``binding`` (indices of inequalities) joins the working set of the first step: the
+        ones SciPy's own multipliers call binding, whatever their slack (an interior-point
+        method stops at slacks ~ its barrier parameter, which may exceed ``_NEAR_ACTIVE``).
+        """
+        best = None
+        for _ in range(8):
+            f, gf, h, Jh, g, Jg = ev(x)
+            certificate = self._certificate(x, ev)
+            lam, stationarity = certificate[2], certificate[3]
+            violation = max(float(np.abs(h).max(initial=0.0)), float(g.max(initial=0.0)))
+            score = max(stationarity, violation, float(np.abs(lam * g).max(initial=0.0)))
+            if best is None or score < best[0]:
+                best = (score, x, certificate)
+            gscale = max(1.0, float(np.abs(gf).max(initial=0.0)))
+            if score <= 1e-15 * gscale:
+                break
+            # Newton's working set: the active constraints and the nearly active ones with
+            # a positive multiplier (interior-point solvers stop at slacks ~1e-8).
+            xscale = max(1.0, float(np.abs(x).max(initial=0.0)))
+            near = np.union1d(np.flatnonzero(g >= -_NEAR_ACTIVE * xscale), binding)
+            binding = np.zeros(0, dtype=np.intp)     # later steps start from Newton's iterate
+            _, nu_w, lam_w, _ = self._certificate(x, ev, near)
+            work = near[(lam_w[near] > 1e-10 * gscale) | (g[near] >= -_ACTIVE_TOL * xscale)]
+            if work.size != near.size:
+                _, nu_w, lam_w, _ = self._certificate(x, ev, work)
+            mu = np.concatenate([nu_w, lam_w[work]])
+            dx, _ = self._kkt.newton_step(x.reshape(shape), mu, theta_t, work)
+            candidate = x + dx.ravel()
+            # stay feasible for the inactive inequalities
+            g_new = ev(candidate)[4]
+            inactive = np.setdiff1d(np.arange(g.size), work)
+            if inactive.size and g_new[inactive].max() > 0:
+                break
+            x = candidate
+        return best[1], best[2]
+
+
+def _binding(result, has_ineq, x, gf, g):
+    """Inequalities that SciPy's own multipliers call binding (trust-constr's ``result.v``).
+
+    An interior-point method stops with ``lam_i * slack_i ~ mu`` (its barrier parameter)
+    for every ``i``: binding constraints have the larger multiplier, inactive ones the larger
+    slack, each measured on its own scale (``||grad f||`` and ``||x||``). SciPy's inequality
+    is ``-g >= 0``, so its multiplier is ``-lam``. SLSQP is an active-set method whose iterate
+    lies on its constraints: its slacks suffice and it has no ``v``.
+    """
+    v = result.get("v")
+    if not has_ineq or not v:
+        return np.zeros(0, dtype=np.intp)
+    lam = -np.asarray(v[-1], dtype=np.float64).ravel()
+    lam_scale = max(1.0, float(np.abs(gf).max(initial=0.0)))
+    x_scale = max(1.0, float(np.abs(x).max(initial=0.0)))
+    return np.flatnonzero(lam / lam_scale > -g / x_scale)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Dual, as_tuple
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, Dual, as_tuple
+from bilevel.problems.base import Capabilities, Problem, check_array
 
-__all__ = ["LeastAbsoluteDeviation", "LinearProgram", "lagrangian_dual"]
+__all__ = ["LeastAbsoluteDeviation", "LinearProgram"]
 
 # Residuals below this (relative to max(1, |u|_inf)) count as interpolated rows.
 _ZERO_TOL = 1e-9
@@ -52,7 +52,7 @@ class LeastAbsoluteDeviation(Problem):
     (:func:`bilevel.solvers.lad_pdhg`) give a derivative sequence ``Dual.iterates`` that
     converges to it. At a non-degenerate vertex, ``n`` rows ``Z`` are interpolated,
     ``A_Z x* = u_Z``, so ``dx*/du = A_Z^{-1}`` on those rows (``analytic_vjp``).
-    Capabilities: ``dual``, ``analytic_vjp``, ``energy``.
+    Capabilities: ``dual``, ``analytic_vjp``.
 
     Examples
     --------
@@ -64,8 +64,6 @@ class LeastAbsoluteDeviation(Problem):
     """
 
     name = "lad"
-    theta_ndim = (1,)
-    capabilities = frozenset({"dual", "analytic_vjp", "energy"})
     tol = 1e-9
 
     def __init__(self, A):
@@ -78,6 +76,21 @@ class LeastAbsoluteDeviation(Problem):
 
     def __repr__(self):
         return f"LeastAbsoluteDeviation(A of shape {self.A.shape})"
+
+    def offers(self):
+        """Return the dual solution (value gradient) and the vertex's closed form.
+
+        Not ``energy``: ``||A x - u||_1`` has no gradient in ``u`` where a residual vanishes,
+        so the envelope theorem does not give the value's gradient; the dual does.
+        """
+        return Capabilities(dual=self.dual, analytic_vjp=self.analytic_vjp,
+                            batch=Batch(theta_ndim=(1,)))
+
+    @classmethod
+    def examples(cls):
+        """Return a line fit with 5 rows: a non-degenerate vertex."""
+        A = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0], [1.0, 4.0]])
+        return [("lad-u", cls(A), np.array([0.1, 1.3, 1.9, 3.4, 3.8]))]
 
     def check_theta(self, theta):
         """``u`` of shape (m,), finite."""
@@ -116,7 +129,7 @@ class LeastAbsoluteDeviation(Problem):
 
     def dual(self, solution):
         """``grad p(u) = y*`` from HiGHS; ``iterates(n)``: ``-y_k`` of the primal-dual method."""
-        from bilevel.solvers import lad_pdhg
+        from bilevel.solvers.bregman import lad_pdhg
 
         u = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
         m, n = self.A.shape
@@ -173,8 +186,6 @@ class LinearProgram(Problem):
     """
 
     name = "linear_program"
-    theta_ndim = (1, 1)
-    capabilities = frozenset({"dual", "analytic_vjp"})
     tol = 1e-9
 
     def __init__(self, A):
@@ -182,6 +193,18 @@ class LinearProgram(Problem):
 
     def __repr__(self):
         return f"LinearProgram(A of shape {self.A.shape})"
+
+    def offers(self):
+        """Return the multipliers (value gradient) and the basis's closed form."""
+        return Capabilities(dual=self.dual, analytic_vjp=self.analytic_vjp,
+                            batch=Batch(theta_ndim=(1, 1)))
+
+    @classmethod
+    def examples(cls):
+        """Two constraints, a non-degenerate basis."""
+        A = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, -1.0, 0.0, 1.0]])
+        return [("linear_program-tuple", cls(A),
+                 (np.array([2.0, 0.5]), np.array([1.0, 2.0, 3.0, 2.5])))]
 
     def check_theta(self, theta):
         """``(b, c)``: b of shape (m,), c of shape (n,)."""
@@ -219,48 +242,3 @@ class LinearProgram(Problem):
                              f"{self.A.shape[0]} constraints); use finite_difference")
         g_b = np.linalg.solve(self.A[:, basis].T, np.asarray(v, dtype=np.float64)[basis])
         return g_b, np.zeros(c.shape)
-
-
-def lagrangian_dual(problem, solution):
-    r"""Return the dual certificate of a constrained problem from its KKT multipliers.
-
-    For ``p(theta) = min f(x, theta)`` s.t. ``h(x, theta) = 0``, ``g(x, theta) <= 0`` with
-    multipliers ``nu``, ``lam`` at ``x*``, the gradient of the value is that of the
-    Lagrangian in theta (the envelope theorem for constrained problems):
-
-    .. math:: \nabla p(\theta) = \nabla_\theta\big(f + \nu^\top h + \lambda^\top g\big)
-              (x^*, \theta).
-
-    Parameters
-    ----------
-    problem : Problem
-        With torch maps ``objective``, ``eq``, ``ineq`` (as :class:`Constrained`).
-    solution : Solution
-        With ``info["nu"]`` and ``info["lam"]``.
-
-    Returns
-    -------
-    Dual
-        ``y = concat(nu, lam)``; a problem offers the ``dual`` capability by returning it
-        from its ``dual(solution)`` method.
-    """
-    from bilevel._autograd import pullback
-    from bilevel._types import like_structure
-
-    parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
-                  for t in as_tuple(solution.theta))
-    theta = like_structure(parts, solution.theta)
-    x = torch.from_numpy(np.asarray(solution.x, dtype=np.float64))
-    nu = np.asarray(solution.info.get("nu", np.zeros(0)), dtype=np.float64)
-    lam = np.asarray(solution.info.get("lam", np.zeros(0)), dtype=np.float64)
-    with torch.enable_grad():
-        value = problem.objective(x, theta)
-        lagrangian = value
-        for mult, fn in ((nu, problem.eq), (lam, problem.ineq)):
-            c = fn(x, theta) if mult.size else None
-            if c is not None:
-                lagrangian = lagrangian + (torch.from_numpy(mult) * c.reshape(-1)).sum()
-        grads = pullback(lagrangian, parts, np.ones(()))
-    return Dual(value=float(value.detach()), gradient=like_structure(grads, solution.theta),
-                y=np.concatenate([nu, lam]), gap=float(solution.info.get("residual", 0.0)),
-                info={"method": "Lagrange multipliers"})

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import as_tuple
-from bilevel.problems.base import Problem, check_array, check_nonnegative
+from bilevel._types import Batch, Optimality, StepMap, as_tuple
+from bilevel.datasets import regression_data
+from bilevel.problems.base import Capabilities, Problem, check_array, check_nonnegative
 from bilevel.problems.design import Design
-from bilevel.problems.sparse import check_positive, l1_manifold, per_feature, soft_threshold
+from bilevel.problems.l1 import check_positive, l1_manifold, per_feature, soft_threshold
 
 __all__ = ["LogisticRegression"]
 
@@ -33,7 +34,9 @@ class LogisticRegression(Problem):
     solved by proximal Newton with working sets and a duality-gap stopping rule; matches
     scikit-learn's ``LogisticRegression(penalty="l1", C=1/(n lam), fit_intercept=False)``.
     ``Solution.info`` then holds ``support``, ``signs``, ``gap`` and ``polished``, and the
-    problem offers the ``manifold`` capability instead of ``optimality``.
+    problem offers the ``manifold`` capability instead of ``optimality`` (l2: with the
+    dense Hessian fast path). Both offer ``step`` (a gradient or proximal gradient step)
+    and ``energy``; in :class:`bilevel.torch.Layer` batches of scalar ``lam``.
 
     Parameters
     ----------
@@ -59,7 +62,6 @@ class LogisticRegression(Problem):
     """
 
     name = "logistic"
-    capabilities = frozenset({"optimality", "step", "energy"})
 
     def __init__(self, X, y, penalty="l2", tol=None, max_iter=None):
         if penalty not in ("l2", "l1"):
@@ -78,11 +80,31 @@ class LogisticRegression(Problem):
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         self.penalty, self.tol, self.max_iter = penalty, float(tol), int(max_iter)
-        if penalty == "l1":
-            self.capabilities = frozenset({"step", "energy", "manifold"})
         self._yt = torch.from_numpy(self.y)
         # Lipschitz constant of the data term's gradient: sigma_max(X)^2 / (4n).
         self._data_lipschitz = self.design.sigma_max() ** 2 / (4 * n)
+
+    def offers(self):
+        """l2: optimality (with its Hessian); l1: the support manifold; both a step and E."""
+        l2 = self.penalty == "l2"
+        return Capabilities(
+            optimality=Optimality(self.optimality, hessian=self.hessian,
+                                  theta_vjp=self.optimality_theta_vjp) if l2 else None,
+            manifold=None if l2 else self.manifold,
+            step=StepMap(self.step, start=self.init), energy=self.energy,
+            batch=Batch(theta_ndim=(0,)))
+
+    @classmethod
+    def examples(cls):
+        """l2 and l1 penalties on a small classification."""
+        X, y = regression_data(30, 3, seed=4)
+        return [("logistic", cls(X, np.sign(y)), np.asarray(0.05)),
+                ("logistic-l1", cls(X, np.sign(y), penalty="l1"), np.asarray(0.02))]
+
+    def _require(self, penalty, what):
+        if self.penalty != penalty:
+            raise ValueError(f"LogisticRegression(penalty={self.penalty!r}) has no {what}: it "
+                             f"is a capability of penalty={penalty!r} (see problem.capabilities)")
 
     def lam_max(self):
         """Smallest l1 ``lam`` with ``x* = 0``: ``||X^T y||_inf / (2n)``."""
@@ -109,10 +131,10 @@ class LogisticRegression(Problem):
     def _solve(self, theta, x0):
         lam = as_tuple(theta)[0]
         if self.penalty == "l2":
-            from bilevel.solvers import newton_logistic_l2
+            from bilevel.solvers.logistic import newton_logistic_l2
 
             return newton_logistic_l2(self.X, self.y, float(lam), x0, self.tol, self.max_iter)
-        from bilevel.solvers import logistic_l1_prox_newton
+        from bilevel.solvers.logistic_l1 import logistic_l1_prox_newton
 
         lam = np.broadcast_to(lam, x0.shape).astype(np.float64)
         x, n_iter, gap, polished, grad = logistic_l1_prox_newton(
@@ -140,8 +162,7 @@ class LogisticRegression(Problem):
 
     def optimality(self, x, theta):
         """``-X^T (y * sigmoid(-y * Xx)) / n + lam * x`` (l2 only)."""
-        if self.penalty != "l2":
-            raise AttributeError("the l1 energy is not smooth: it has no optimality residual")
+        self._require("l2", "optimality residual")
         return self._data_gradient(x) + as_tuple(theta)[0] * x
 
     def step(self, x, theta):
@@ -159,8 +180,7 @@ class LogisticRegression(Problem):
 
     def manifold(self, solution):
         """Return the support of ``x*`` with ``H_S = X_S^T diag(s(1-s)) X_S / n`` (l1 only)."""
-        if self.penalty != "l1":
-            raise AttributeError("the l2 energy is smooth: use optimality, not manifold")
+        self._require("l1", "active manifold")
         x = solution.x
         n = self.y.shape[0]
         lam_arg = as_tuple(solution.theta)[0]
@@ -189,7 +209,7 @@ class LogisticRegression(Problem):
     # numpy fast paths -----------------------------------------------------------------
     def hessian(self, solution):
         """``X^T diag(s(1-s)) X / n + lam I`` with ``s = sigmoid(y * Xx)`` (l2 only)."""
-        from bilevel.solvers import logistic_l2_hessian
+        from bilevel.solvers.logistic import logistic_l2_hessian
 
         lam = float(as_tuple(solution.theta)[0])
         return logistic_l2_hessian(self.X, self.y, lam, solution.x)

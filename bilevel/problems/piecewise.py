@@ -19,21 +19,19 @@ the partition is the connected components of the quantized image and each block 
 
 References
 ----------
-Anonymous authors, "Differentiable programming for piecewise polynomial functions",
-under review (``../shared/papers/differentiable-piecewise-polynomial-approximation.txt``).
+"Differentiable programming for piecewise polynomial functions", anonymous authors,
+paper under double-blind review.
 H. V. Jagadish et al., "Optimal histograms with quality guarantees", VLDB 1998.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Manifold
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, BatchSolution, Manifold
+from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["ConnectedComponents", "PiecewisePolynomial"]
 
@@ -54,28 +52,6 @@ def _kernel(name, parallel):
     from bilevel.solvers import piecewise
 
     return getattr(piecewise, name + ("_batched" if parallel else "_rows"))
-
-
-class _Recent:
-    """The payloads of the last few batches, keyed by the input array's identity.
-
-    ``bl.torch.Layer`` passes ``vjp_batch`` the same array object it passed
-    ``solve_batch``; the partition found by the forward pass is reused, not recomputed.
-    """
-
-    def __init__(self, size=8):
-        self.size, self.items = size, []
-
-    def put(self, arr, payload):
-        self.items = [(r, p) for r, p in self.items if r() is not None and r() is not arr]
-        self.items.append((weakref.ref(arr), payload))
-        del self.items[:-self.size]
-
-    def get(self, arr):
-        for r, p in self.items:
-            if r() is arr:
-                return p
-        return None
 
 
 def _as_single(theta, name, ndim):
@@ -141,9 +117,6 @@ class PiecewisePolynomial(Problem):
     """
 
     name = "piecewise_polynomial"
-    theta_ndim = (1,)
-    capabilities = frozenset({"analytic_vjp", "manifold", "energy", "straight_through"})
-    batch_strategies = frozenset({"analytic", "partial_smoothness"})
 
     def __init__(self, k, degree=0):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -164,12 +137,25 @@ class PiecewisePolynomial(Problem):
         self._bases = {}
         self._basis_size = 0
         self._basis_table = None
-        self._recent = _Recent()
 
     def __repr__(self):
         d = self.degrees
         deg = int(d[0]) if np.all(d == d[0]) else d.tolist()
         return f"PiecewisePolynomial(k={self.k}, degree={deg})"
+
+    def offers(self):
+        """Return the block-sparse closed form, the partition's subspace, E, straight-through."""
+        return Capabilities(analytic_vjp=self.analytic_vjp, manifold=self.manifold,
+                            energy=self.energy, straight_through=True,
+                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
+                                        analytic_vjp=self._vjp_batch,
+                                        manifold_vjp=self._manifold_vjp_batch))
+
+    @classmethod
+    def examples(cls):
+        """Return a 2-histogram of a signal with a unique, well-separated partition."""
+        # {0, 0.1} | {2}: the map is linear near theta.
+        return [("piecewise_polynomial-histogram", cls(2, 0), np.array([0.0, 0.1, 2.0]))]
 
     def check_theta(self, theta):
         """``s`` of shape (n,) with ``n >= k``, finite (a bare array or a 1-tuple)."""
@@ -195,7 +181,7 @@ class PiecewisePolynomial(Problem):
         return np.where(np.isinf(gaps), np.inf, np.maximum(m, 0.0))
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import pp_dp
+        from bilevel.solvers.piecewise import pp_dp
 
         s = np.ascontiguousarray(theta[0] if isinstance(theta, tuple) else theta)
         fit, breaks, cost, gap = pp_dp(s, self.k, self.degrees)
@@ -208,7 +194,7 @@ class PiecewisePolynomial(Problem):
     def _table(self):
         """Bases of every ``(length, degree)`` with length <= ``_TABLE_LENGTH``, built once."""
         if self._basis_table is None:
-            from bilevel.solvers import pp_basis_table
+            from bilevel.solvers.piecewise import pp_basis_table
 
             dmax = int(self.degrees.max())
             per_length = (dmax + 1) * (dmax + 2) // 2          # sum over q of (q + 1)
@@ -224,7 +210,7 @@ class PiecewisePolynomial(Problem):
         key = (int(length), int(degree))
         Q = self._bases.get(key)
         if Q is None:
-            from bilevel.solvers import pp_basis
+            from bilevel.solvers.piecewise import pp_basis
 
             Q = np.ascontiguousarray(pp_basis(key[0], key[1]))
             if self._basis_size + Q.size > _BASIS_CACHE_MAX:
@@ -286,12 +272,9 @@ class PiecewisePolynomial(Problem):
                         theta_jvp=lambda dtheta: -restrict(dtheta[0]),
                         info={"partition": breaks, "gap": solution.info["gap"]})
 
-    # batched fast path for bl.torch.Layer -----------------------------------------------
-    def solve_batch(self, S):
-        """Fit every row of ``S`` (b, n); return the fits (b, n).
-
-        The partitions and margins are kept for :meth:`vjp_batch` on the same array.
-        """
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, S):
+        """Fit every row of ``S`` (b, n); the partitions and margins are the certificate."""
         from bilevel.solvers import piecewise
 
         if S.shape[-1] < self.k:
@@ -303,17 +286,17 @@ class PiecewisePolynomial(Problem):
         kernel = piecewise.pp_dp_batched if (work >= _PARALLEL_MIN_WORK and S.shape[0] > 1) \
             else piecewise.pp_dp_rows
         Y, breaks, _, gaps = kernel(np.ascontiguousarray(S), self.k, self.degrees)
-        self._recent.put(S, (breaks, self._margin(S, gaps)))
-        return Y
+        return BatchSolution(x=Y, parts=(S,), certificate={
+            "partition": breaks, "margin": self._margin(S, gaps)})
 
-    def vjp_batch(self, S, Y, V):
+    def _vjp_batch(self, batch, V):
         """Exact VJPs of every row: ``((G (b, n),), margins (b,))``."""
-        found = self._recent.get(S)
-        if found is None:
-            self.solve_batch(S)
-            found = self._recent.get(S)
-        breaks, margins = found
-        return (self._hat_vjp(np.ascontiguousarray(V), breaks),), margins
+        cert = batch.certificate
+        return (self._hat_vjp(np.ascontiguousarray(V), cert["partition"]),), cert["margin"]
+
+    def _manifold_vjp_batch(self, batch, V, pinv=False):
+        """Return the partition's projector (``H_M = I``: ``pinv`` is moot), as the closed form."""
+        return self._vjp_batch(batch, V)
 
 
 @register_problem
@@ -361,9 +344,6 @@ class ConnectedComponents(Problem):
     """
 
     name = "connected_components"
-    theta_ndim = (2,)
-    capabilities = frozenset({"analytic_vjp", "manifold", "straight_through"})
-    batch_strategies = frozenset({"analytic", "partial_smoothness"})
 
     def __init__(self, levels=10, value_range=(0.0, 1.0), connectivity=2):
         if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
@@ -378,7 +358,19 @@ class ConnectedComponents(Problem):
             raise ValueError(f"connectivity must be 1 (4 neighbours) or 2 (8), "
                              f"got {connectivity!r}")
         self.levels, self.value_range, self.connectivity = int(levels), (lo, hi), connectivity
-        self._recent = _Recent()
+
+    def offers(self):
+        """Component averaging as the closed form and the manifold; straight-through."""
+        return Capabilities(analytic_vjp=self.analytic_vjp, manifold=self.manifold,
+                            straight_through=True,
+                            batch=Batch(theta_ndim=(2,), solve=self._solve_batch,
+                                        analytic_vjp=self._vjp_batch,
+                                        manifold_vjp=self._manifold_vjp_batch))
+
+    @classmethod
+    def examples(cls):
+        """Return a 1 x 3 image away from the bin edges (the map is linear near it)."""
+        return [("connected_components-image", cls(4), np.array([[0.12, 0.15, 0.81]]))]
 
     def __repr__(self):
         return (f"ConnectedComponents(levels={self.levels}, value_range={self.value_range}, "
@@ -473,21 +465,22 @@ class ConnectedComponents(Problem):
                         theta_jvp=lambda dtheta: -restrict(dtheta[0]),
                         info={"labels": solution.info["labels"]})
 
-    # batched fast path for bl.torch.Layer -----------------------------------------------
-    def solve_batch(self, S):
-        """Component means of every image of ``S`` (b, H, W); labels kept for the VJP."""
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, S):
+        """Component means of every image of ``S`` (b, H, W); the labels are the certificate."""
         if not np.all(np.isfinite(S)):
             raise ValueError("image contains NaN or Inf; clean the input first")
         labels, counts = self._labels(S)
         flat = self._global(labels, counts)
-        self._recent.put(S, (flat, int(counts.sum()), self._margins(S)))
-        return self._average(flat, S, int(counts.sum()))
+        total = int(counts.sum())
+        return BatchSolution(x=self._average(flat, S, total), parts=(S,), certificate={
+            "labels": flat, "n_components": total, "margin": self._margins(S)})
 
-    def vjp_batch(self, S, Y, V):
+    def _vjp_batch(self, batch, V):
         """Component means of every cotangent image: ``((G (b, H, W),), margins (b,))``."""
-        found = self._recent.get(S)
-        if found is None:
-            self.solve_batch(S)
-            found = self._recent.get(S)
-        flat, total, margins = found
-        return (self._average(flat, V, total),), margins
+        cert = batch.certificate
+        return (self._average(cert["labels"], V, cert["n_components"]),), cert["margin"]
+
+    def _manifold_vjp_batch(self, batch, V, pinv=False):
+        """Return the components' projector (``H_M = I``: ``pinv`` is moot), as the closed form."""
+        return self._vjp_batch(batch, V)

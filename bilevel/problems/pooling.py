@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, BatchSolution, Optimality
+from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["RobustPooling"]
 
@@ -70,8 +71,8 @@ class RobustPooling(Problem):
 
     Capabilities: ``analytic_vjp`` (the weighted mean above), ``optimality`` (``F`` in
     torch, so that :class:`~bilevel.strategies.Implicit` applies and cross-checks it) and
-    ``energy``. :class:`bilevel.torch.Layer` pools batches through the numba fast path
-    (``solve_batch``/``vjp_batch``) with the ``analytic`` strategy.
+    ``energy``. :class:`bilevel.torch.Layer` pools batches through the numba kernels with
+    the ``analytic`` strategy.
 
     Huber and the truncated quadratic are not twice differentiable at ``|y - x_i| = alpha``:
     there the VJP is one one-sided derivative, and the layer warns
@@ -93,9 +94,6 @@ class RobustPooling(Problem):
     """
 
     name = "robust_pooling"
-    theta_ndim = (1,)
-    capabilities = frozenset({"optimality", "analytic_vjp", "energy"})
-    batch_strategies = frozenset({"analytic"})
 
     def __init__(self, penalty="pseudo_huber", alpha=1.0, tol=1e-10, max_iter=100):
         if penalty not in PENALTY_NAMES:
@@ -116,6 +114,20 @@ class RobustPooling(Problem):
 
     def __repr__(self):
         return f"RobustPooling(penalty={self.penalty!r}, alpha={self.alpha})"
+
+    def offers(self):
+        """Return the weighted-mean closed form, ``F = sum phi'`` as optimality, the energy."""
+        return Capabilities(analytic_vjp=self.analytic_vjp,
+                            optimality=Optimality(self.optimality), energy=self.energy,
+                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
+                                        analytic_vjp=self._vjp_batch))
+
+    @classmethod
+    def examples(cls):
+        """Rows with an outlier, residuals away from the kinks: convex and non-convex."""
+        x = np.array([[0.0, 0.4, 3.0], [1.0, -0.5, 0.2]])
+        return [("robust_pooling-pseudo_huber", cls("pseudo_huber", 1.0), x),
+                ("robust_pooling-welsch", cls("welsch", 1.0), x)]
 
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)`` with ``n >= 1``, finite."""
@@ -196,9 +208,9 @@ class RobustPooling(Problem):
         G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, Y, V)
         return G.reshape(x.shape), margins
 
-    # batched fast path for bl.torch.Layer -----------------------------------------------
-    def solve_batch(self, X):
-        """Pool every row of ``X`` (b, n), starting at the row medians; return ``Y`` (b,)."""
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, X):
+        """Pool every row of ``X`` (b, n), starting at the row medians: ``Y`` (b,)."""
         import warnings
 
         from bilevel._types import ConvergenceWarning
@@ -209,10 +221,11 @@ class RobustPooling(Problem):
             warnings.warn(f"RobustPooling: {int(np.sum(res > self.tol))} of {X.shape[0]} rows "
                           f"stopped at relative residual up to {res.max():.1e} > "
                           f"tol={self.tol:.0e}; raise max_iter", ConvergenceWarning,
-                          stacklevel=3)
-        return Y
+                          stacklevel=4)
+        return BatchSolution(x=Y, parts=(X,))
 
-    def vjp_batch(self, X, Y, V):
+    def _vjp_batch(self, batch, V):
         """Exact VJPs of every row: ``((G (b, n),), margins (b,))``."""
-        G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, Y, V)
+        X = batch.parts[0]
+        G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, batch.x, V)
         return (G,), margins

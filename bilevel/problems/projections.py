@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, BatchSolution, StepMap
+from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["Projection"]
 
@@ -93,7 +94,7 @@ class Projection(Problem):
 
     Capabilities: ``analytic_vjp``, ``step`` (the projected gradient step
     ``P_C((y + x) / 2)``, written in torch, for ``fixed_point`` and ``unroll``) and
-    ``energy`` (``1/2 ||u - x||^2``); the layer uses the batched numba fast path.
+    ``energy`` (``1/2 ||u - x||^2``); the layer uses the batched numba kernels.
 
     Examples
     --------
@@ -113,9 +114,6 @@ class Projection(Problem):
     """
 
     name = "projection"
-    theta_ndim = (1,)
-    capabilities = frozenset({"analytic_vjp", "step", "energy"})
-    batch_strategies = frozenset({"analytic"})
     tol = 1e-10
 
     def __init__(self, set="l2_ball", radius=1.0, plateau="zero"):  # noqa: A002
@@ -128,6 +126,19 @@ class Projection(Problem):
 
     def __repr__(self):
         return f"Projection(set={self.set!r}, radius={self.radius}, plateau={self.plateau!r})"
+
+    def offers(self):
+        """Return the projector closed form, a projected gradient step, the energy, batches."""
+        return Capabilities(analytic_vjp=self.analytic_vjp,
+                            step=StepMap(self.step, start=self.init), energy=self.energy,
+                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
+                                        analytic_vjp=self._vjp_batch))
+
+    @classmethod
+    def examples(cls):
+        """Return the l1 ball away from its kinks (support {0, 1}, margin 0.3), an l2 sphere."""
+        return [("projection-l1_ball", cls("l1_ball", 1.0), np.array([1.0, 0.8, -0.1])),
+                ("projection-l2_sphere", cls("l2_sphere", 2.0), np.array([1.0, -2.0, 0.5]))]
 
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)``, ``n >= 1``, finite."""
@@ -190,18 +201,21 @@ class Projection(Problem):
         """``J v`` with the Jacobian of the module docstring (symmetric), row by row."""
         x = solution.theta[0] if isinstance(solution.theta, tuple) else solution.theta
         x = np.asarray(x, dtype=np.float64)
-        G, _ = self.vjp_batch(np.ascontiguousarray(x.reshape(-1, x.shape[-1])),
-                              np.ascontiguousarray(solution.x.reshape(-1, x.shape[-1])),
-                              np.ascontiguousarray(np.asarray(v, np.float64)
-                                                   .reshape(-1, x.shape[-1])))
+        n = x.shape[-1]
+        G, _ = self._rows_vjp(np.ascontiguousarray(x.reshape(-1, n)),
+                              np.ascontiguousarray(solution.x.reshape(-1, n)),
+                              np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1, n)))
         return (G[0].reshape(x.shape),)
 
-    # batched fast path for bl.torch.Layer -----------------------------------------------
-    def solve_batch(self, X):
-        """Project every row of ``X`` (b, n); return ``Y`` (b, n)."""
-        return _kernel("proj", X)(X, self._code, self.radius)[0]
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, X):
+        """Project every row of ``X`` (b, n)."""
+        return BatchSolution(x=_kernel("proj", X)(X, self._code, self.radius)[0], parts=(X,))
 
-    def vjp_batch(self, X, Y, V):
+    def _vjp_batch(self, batch, V):
         """Exact (or, ``plateau="tangent"``, Proposition 4.5) VJPs: ``((G,), margins)``."""
+        return self._rows_vjp(batch.parts[0], batch.x, V)
+
+    def _rows_vjp(self, X, Y, V):
         G, margins = _kernel("proj_vjp", X)(X, Y, self._code, self.radius, self._plateau, V)
         return (G,), margins

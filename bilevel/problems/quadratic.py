@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import as_tuple
-from bilevel.problems.base import Problem, check_design, check_nonnegative
+from bilevel._types import Batch, Optimality, StepMap, as_tuple
+from bilevel.problems.base import Capabilities, Problem, check_design, check_nonnegative
 
 __all__ = ["Ridge"]
 
@@ -32,7 +32,10 @@ class Ridge(Problem):
     Notes
     -----
     ``lam`` is a scalar or an array of shape (p,) (one weight per feature), ``>= 0``;
-    ``X^T X / n + diag(lam)`` must be positive definite.
+    ``X^T X / n + diag(lam)`` must be positive definite. Capabilities: ``optimality`` (with
+    the dense Hessian fast path), ``step`` (a gradient step), ``energy``, ``analytic_vjp``;
+    in :class:`bilevel.torch.Layer` a batch of scalar ``lam`` (``theta_ndim=(0,)``; pass
+    ``theta_ndim=(1,)`` to the layer for one weight per feature).
 
     Examples
     --------
@@ -43,7 +46,6 @@ class Ridge(Problem):
     """
 
     name = "ridge"
-    capabilities = frozenset({"optimality", "step", "energy", "analytic_vjp"})
 
     def __init__(self, X, y):
         self.X, self.y = check_design(X, y)
@@ -52,6 +54,23 @@ class Ridge(Problem):
         self._yt = torch.from_numpy(self.y)
         self._gram = self.X.T @ self.X / n
         self._smax = float(np.linalg.eigvalsh(self._gram)[-1])
+
+    def offers(self):
+        """Optimality (with its Hessian), a gradient step, the energy, the closed form."""
+        return Capabilities(
+            optimality=Optimality(self.optimality, hessian=self.hessian,
+                                  theta_vjp=self.optimality_theta_vjp),
+            step=StepMap(self.step, start=self.init), energy=self.energy,
+            analytic_vjp=self.analytic_vjp, batch=Batch(theta_ndim=(0,)))
+
+    @classmethod
+    def examples(cls):
+        """Return a scalar and a per-feature penalty on a small regression."""
+        from bilevel.datasets import regression_data
+
+        X, y = regression_data(30, 3, seed=4)
+        return [("ridge-scalar", cls(X, y), np.asarray(0.2)),
+                ("ridge-vector", cls(X, y), np.array([0.1, 0.2, 0.3]))]
 
     def check_theta(self, theta):
         """``lam``: a scalar or shape (p,), finite and >= 0."""
@@ -67,7 +86,7 @@ class Ridge(Problem):
         return np.zeros(self.X.shape[1])
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import ridge_cholesky
+        from bilevel.solvers.ridge import ridge_cholesky
 
         lam = np.broadcast_to(as_tuple(theta)[0], (self.X.shape[1],)).copy()
         x, n_iter, residual = ridge_cholesky(self.X, self.y, lam)

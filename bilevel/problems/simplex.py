@@ -1,16 +1,20 @@
-r"""Problems over simplices, solved by smooth Bregman methods.
+r"""Problems over (products of) simplices: quadratics, a matrix game, and the softmax.
 
 .. math:: x^*(b) = \arg\min_{x \in \Delta} \tfrac12\|Ax - b\|^2, \qquad
           X^*(C) = \arg\min_{X_p \in \Delta_K} \langle C, X\rangle + \tfrac\alpha2\|X\|^2
-          + \tfrac\mu2 \sum_{p\sim q}\|X_p - X_q\|^2, \qquad
-          (x^*, y^*)(A) = \arg\min_{x\in\Delta_m}\max_{y\in\Delta_n} x^\top A y.
+          + \tfrac\mu2 \sum_{p\sim q}\|X_p - X_q\|^2,
 
-Each offers its Bregman method as the ``mirror`` capability (the softmax update of the
-entropy on the simplex; a primal-dual method for the game), for
-:class:`~bilevel.strategies.BregmanUnroll`, and the exact derivative on the support of
+.. math:: (x^*, y^*)(A) = \arg\min_{x\in\Delta_m}\max_{y\in\Delta_n} x^\top A y, \qquad
+          x^*(z) = \arg\min_{x \in \Delta} -\langle z, x\rangle + \sum_i x_i \log x_i
+          = \mathrm{softmax}(z).
+
+The quadratics and the game offer a smooth Bregman method (the softmax update of the
+entropy on the simplex; a primal-dual method for the game) as the ``mirror`` capability,
+for :class:`~bilevel.strategies.BregmanUnroll`, and the exact derivative on the support of
 the solution as ``analytic_vjp``: with ``S`` the support and ``E`` the rows' indicator,
 the KKT system ``H_SS x_S + c_S = E nu``, ``E^T x_S = 1`` is linear, so
-``dx_S = -[M^{-1} (dc_S, 0)]_x`` with ``M = [[H_SS, -E], [-E^T, 0]]``.
+``dx_S = -[M^{-1} (dc_S, 0)]_x`` with ``M = [[H_SS, -E], [-E^T, 0]]``. The entropy keeps
+the softmax in the interior of the simplex: its Jacobian is ``diag(x*) - x* x*^T``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,24 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Dual, Mirror, as_tuple
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, BatchSolution, Dual, Mirror, Optimality, StepMap, as_tuple
+from bilevel.problems.base import Capabilities, Problem, check_array
 
-__all__ = ["MatrixGame", "MultiLabelSegmentation", "SimplexLeastSquares"]
+__all__ = ["EntropicSimplex", "MatrixGame", "MultiLabelSegmentation", "SimplexLeastSquares"]
 
 # Entries of an iterate below this (relative to the row's largest) leave the support.
 _SUPPORT_TOL = 1e-9
 # Largest number of variables for which the support's KKT system is solved densely.
 _DENSE_MAX = 3000
+# Batches with fewer entries run serially (see bilevel.solvers.serial).
+_PARALLEL_MIN = 200_000
+
+
+def _kernel(name, Z):
+    """Pick the ``prange`` kernel for large batches, its serial twin for small ones."""
+    from bilevel.solvers import projections
+
+    return getattr(projections, name + ("_batched" if Z.size >= _PARALLEL_MIN else "_rows"))
 
 
 def _support_kkt(H, X):
@@ -127,8 +140,6 @@ class SimplexLeastSquares(Problem):
     """
 
     name = "simplex_ls"
-    theta_ndim = (1,)
-    capabilities = frozenset({"mirror", "analytic_vjp", "energy", "dual"})
 
     def __init__(self, A, tol=1e-12, max_iter=20000):
         self.A = np.ascontiguousarray(check_array(A, "A", ndim=2))
@@ -141,6 +152,17 @@ class SimplexLeastSquares(Problem):
 
     def __repr__(self):
         return f"SimplexLeastSquares(A of shape {self.A.shape})"
+
+    def offers(self):
+        """Entropic mirror descent, the support's closed form, the energy, the residual dual."""
+        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
+                            energy=self.energy, dual=self.dual, batch=Batch(theta_ndim=(1,)))
+
+    @classmethod
+    def examples(cls):
+        """Return a support with clear margins."""
+        A = np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.1, 0.4, 1.0], [0.5, 0.0, 0.3]])
+        return [("simplex_ls-b", cls(A), np.array([1.0, 0.6, -0.5, 0.2]))]
 
     def check_theta(self, theta):
         """``b`` of shape (m,), finite."""
@@ -236,8 +258,6 @@ class MultiLabelSegmentation(Problem):
     """
 
     name = "segmentation"
-    theta_ndim = (3,)
-    capabilities = frozenset({"mirror", "analytic_vjp", "energy"})
 
     def __init__(self, mu=1.0, alpha=0.1, tol=1e-11, max_iter=50000):
         if not (np.isfinite(mu) and mu > 0 and np.isfinite(alpha) and alpha > 0):
@@ -250,6 +270,17 @@ class MultiLabelSegmentation(Problem):
 
     def __repr__(self):
         return f"MultiLabelSegmentation(mu={self.mu}, alpha={self.alpha})"
+
+    def offers(self):
+        """Per-pixel softmax updates, the support's closed form, the energy."""
+        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
+                            energy=self.energy, batch=Batch(theta_ndim=(3,)))
+
+    @classmethod
+    def examples(cls):
+        """Two pixels, three labels, a clear winner each."""
+        return [("segmentation-pixels", cls(mu=0.2, alpha=0.5),
+                 np.array([[[0.0, 0.3, 2.0], [0.2, 0.1, 2.0]]]))]
 
     def check_theta(self, theta):
         """``C`` of shape (h, w, K) with K >= 2, finite."""
@@ -399,8 +430,6 @@ class MatrixGame(Problem):
     """
 
     name = "matrix_game"
-    theta_ndim = (2,)
-    capabilities = frozenset({"mirror", "analytic_vjp"})
 
     def __init__(self, tol=1e-12, max_iter=50000):
         if not (tol > 0 and max_iter >= 1):
@@ -409,6 +438,16 @@ class MatrixGame(Problem):
 
     def __repr__(self):
         return "MatrixGame()"
+
+    def offers(self):
+        """Return the entropic primal-dual method and the equilibrium equations' closed form."""
+        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
+                            batch=Batch(theta_ndim=(2,)))
+
+    @classmethod
+    def examples(cls):
+        """Return a game with a fully mixed equilibrium."""
+        return [("matrix_game-A", cls(), np.array([[2.0, -1.0], [-1.0, 1.0]]))]
 
     def check_theta(self, theta):
         """Validate ``A``: shape (m, n) with m, n >= 1, finite."""
@@ -440,7 +479,7 @@ class MatrixGame(Problem):
                                             kernels.SIMPLEX))
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import bregman_pd_game
+        from bilevel.solvers.bregman import bregman_pd_game
 
         A = np.asarray(as_tuple(theta)[0], dtype=np.float64)
         m, n = A.shape
@@ -492,7 +531,7 @@ class MatrixGame(Problem):
     # torch maps -----------------------------------------------------------------------
     def mirror(self, solution):
         """Entropic primal-dual method from uniform strategies (``z`` is the player ``y``)."""
-        from bilevel.solvers import bregman_pd_game
+        from bilevel.solvers.bregman import bregman_pd_game
 
         A = np.ascontiguousarray(as_tuple(solution.theta)[0], dtype=np.float64)
         m, n = A.shape
@@ -529,3 +568,129 @@ class MatrixGame(Problem):
         G = np.zeros_like(A)
         G[np.ix_(Sx, Sy)] = -np.outer(p, y[Sy]) - np.outer(x[Sx], r)
         return (G,)
+
+
+@register_problem
+class EntropicSimplex(Problem):
+    r"""``x* = argmin_{x in simplex} -<z, x> + sum x log x = softmax(z)``; theta ``z``.
+
+    Parameters
+    ----------
+    step_size : float
+        ``eta`` in (0, 1) of the entropic mirror-descent step offered as ``step``.
+
+    Notes
+    -----
+    ``z`` has shape ``(..., n)``; ``x*`` has its shape. Capabilities:
+
+    - ``analytic_vjp``: ``(diag(p) - p p^T) v = p * (v - <p, v>)``, row by row;
+    - ``optimality``: the KKT conditions with the multiplier eliminated,
+
+      .. math:: F(x, z) = (\log x - z) - \mathrm{mean}(\log x - z)\,1 + (1^\top x - 1)\,1,
+
+      zero exactly at ``softmax(z)``, with ``d_x F = (I - 1 1^T / n) diag(1/x) + 1 1^T``
+      invertible, so that :class:`~bilevel.strategies.Implicit` applies;
+    - ``step``: entropic mirror descent (exponentiated gradient) on the energy,
+      ``T(x, z) = softmax((1 - eta) log x + eta z)``, whose fixed point is ``x*`` and whose
+      Jacobian at ``x*`` has spectral radius ``1 - eta`` (``FixedPoint``, ``Unroll``);
+    - ``energy``.
+
+    :class:`bilevel.torch.Layer` uses the batched numba kernels (``analytic``).
+
+    Examples
+    --------
+    >>> import numpy as np, bilevel as bl
+    >>> prob = bl.problems.EntropicSimplex()
+    >>> np.round(prob.solve(np.log(np.array([1.0, 2.0, 5.0]))).x, 12)
+    array([0.125, 0.25 , 0.625])
+
+    References
+    ----------
+    A. Beck, M. Teboulle, "Mirror descent and nonlinear projected subgradient methods for
+    convex optimization", Oper. Res. Lett. 2003. S. Gould, R. Hartley, D. Campbell,
+    "Deep Declarative Networks", IEEE TPAMI 2021 (equality-constrained nodes, Prop. 4.5).
+    """
+
+    name = "entropic_simplex"
+    tol = 1e-12
+
+    def __init__(self, step_size=0.5):
+        if not (0.0 < step_size < 1.0):
+            raise ValueError(f"step_size must be in (0, 1), got {step_size!r}")
+        self.step_size = float(step_size)
+
+    def __repr__(self):
+        return f"EntropicSimplex(step_size={self.step_size})"
+
+    def offers(self):
+        """Return the softmax Jacobian, the KKT residual, mirror descent, the energy."""
+        return Capabilities(analytic_vjp=self.analytic_vjp,
+                            optimality=Optimality(self.optimality),
+                            step=StepMap(self.step, start=self.init), energy=self.energy,
+                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
+                                        analytic_vjp=self._vjp_batch))
+
+    @classmethod
+    def examples(cls):
+        """Scores of three classes (smooth everywhere)."""
+        return [("entropic_simplex-z", cls(), np.array([0.5, -1.0, 2.0]))]
+
+    def check_theta(self, theta):
+        """``z`` of shape ``(..., n)``, ``n >= 1``, finite."""
+        if isinstance(theta, (tuple, list)):
+            if len(theta) != 1:
+                raise ValueError("EntropicSimplex takes theta = z, one array of scores")
+            theta = theta[0]
+        z = check_array(theta, "z")
+        if z.ndim < 1 or z.shape[-1] < 1:
+            raise ValueError(f"z must have at least one dimension with >= 1 entries (the "
+                             f"simplex is along the last axis), got shape {z.shape}")
+        return (z,)
+
+    def init(self, parts):
+        """Start at the uniform distribution (for ``step``)."""
+        z = parts[0]
+        return np.full(z.shape, 1.0 / z.shape[-1])
+
+    def _solve(self, theta, x0):
+        z = theta[0] if isinstance(theta, tuple) else theta
+        Z = np.ascontiguousarray(z.reshape(-1, z.shape[-1]))
+        P = _kernel("softmax", Z)(Z)
+        return P.reshape(z.shape), 1, float(np.abs(P.sum(axis=1) - 1.0).max()), {}
+
+    # torch maps ---------------------------------------------------------------------
+    def energy(self, x, theta):
+        """``-<z, x> + sum x log x`` (summed over rows)."""
+        z = theta[0] if isinstance(theta, tuple) else theta
+        return torch.sum(-z * x + x * torch.log(x))
+
+    def optimality(self, x, theta):
+        """``(log x - z) - mean(log x - z) + (sum x - 1)``, row by row (class docstring)."""
+        z = theta[0] if isinstance(theta, tuple) else theta
+        d = torch.log(x) - z
+        return d - d.mean(dim=-1, keepdim=True) + (x.sum(dim=-1, keepdim=True) - 1.0)
+
+    def step(self, x, theta):
+        """Entropic mirror descent ``softmax((1 - eta) log x + eta z)``."""
+        z = theta[0] if isinstance(theta, tuple) else theta
+        eta = self.step_size
+        return torch.softmax((1.0 - eta) * torch.log(x) + eta * z, dim=-1)
+
+    # structure ------------------------------------------------------------------------
+    def analytic_vjp(self, solution, v):
+        """``p * (v - <p, v>)`` row by row."""
+        P = solution.x
+        n = P.shape[-1]
+        Pr = np.ascontiguousarray(P.reshape(-1, n))
+        V = np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1, n))
+        return (_kernel("softmax_vjp", Pr)(Pr, V).reshape(P.shape),)
+
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, Z):
+        """Softmax of every row of ``Z`` (b, n)."""
+        return BatchSolution(x=_kernel("softmax", Z)(Z), parts=(Z,))
+
+    def _vjp_batch(self, batch, V):
+        """``((P * (V - <P, V>),), margins)``: smooth everywhere, margins ``inf``."""
+        P = batch.x
+        return (_kernel("softmax_vjp", P)(P, V),), np.full(P.shape[0], np.inf)

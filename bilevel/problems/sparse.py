@@ -18,109 +18,13 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Manifold, SingularSystemError, as_tuple
-from bilevel.problems.base import Problem, check_array, check_nonnegative
+from bilevel._types import Batch, StepMap, as_tuple
+from bilevel.datasets import regression_data
+from bilevel.problems.base import Capabilities, Problem, check_array, check_nonnegative
 from bilevel.problems.design import Design
+from bilevel.problems.l1 import check_positive, l1_manifold, per_feature, soft_threshold
 
-__all__ = ["ElasticNet", "Lasso", "l1_manifold", "soft_threshold"]
-
-# Reciprocal condition number below which a restricted Hessian counts as singular (and,
-# relative to the largest eigenvalue, the cut-off of its pseudo-inverse).
-_RCOND_MIN = 1e-13
-
-
-def soft_threshold(z, t):
-    """``sign(z) max(|z| - t, 0)`` in torch: the prox of ``t |.|``."""
-    return torch.sign(z) * torch.relu(torch.abs(z) - t)
-
-
-def check_positive(value, name, p):
-    """Validate a penalty weight: a scalar or shape (p,), finite and > 0."""
-    arr = check_nonnegative(value, name, shapes=((), (p,)))
-    if np.any(arr == 0):
-        raise ValueError(f"{name} must be > 0: at 0 the l1 penalty vanishes and the minimizer "
-                         "need not be unique; use Ridge for a pure l2 penalty")
-    return arr
-
-
-def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
-    """Build the support manifold of an l1-penalized energy at its minimizer ``x``.
-
-    Parameters
-    ----------
-    x : ndarray
-        The minimizer.
-    corr : ndarray
-        ``-grad f(x)`` of the smooth part: ``lam_j s_j`` on the support, and
-        ``|corr_j| <= lam_j`` off it. The margin is the smallest of ``1 - |corr_j|/lam_j``
-        off the support and ``|x_j| / max|x|`` on it: 0 when a feature is about to enter
-        or leave the support.
-    lam : ndarray
-        The l1 weights per feature.
-    hessian : callable
-        ``(support) -> (k, k)`` Hessian of the smooth part restricted to the support.
-    theta_vjp, theta_jvp : callable
-        ``(support, signs, u)`` and ``(support, signs, dtheta)`` per the :class:`Manifold`
-        contract.
-    remedy : str
-        What to do when the restricted Hessian is singular (named in the error).
-    """
-    p = x.shape[0]
-    support = np.flatnonzero(x)
-    signs = np.sign(x[support])
-    off = np.flatnonzero(x == 0)
-    # Margins, relative: inactive features below their kink, active ones away from zero.
-    slack = np.concatenate([1.0 - np.abs(corr[off]) / lam[off],
-                            np.abs(x[support]) / max(np.abs(x).max(), 1e-300)])
-    if slack.size:
-        worst = int(np.argmin(slack))
-        margin, margin_index = float(slack[worst]), int(np.concatenate([off, support])[worst])
-    else:
-        margin, margin_index = np.inf, -1
-    k = support.size
-    H = hessian(support) if k else np.zeros((0, 0))
-    factor, rcond = None, 1.0
-    import scipy.linalg  # lazily: keeps `import bilevel` light
-
-    if k:
-        try:
-            factor = scipy.linalg.cho_factor(H, lower=False)
-            rcond = scipy.linalg.lapack.dpocon(factor[0], np.abs(H).sum(axis=0).max())[0]
-        except np.linalg.LinAlgError:
-            rcond = 0.0
-
-    def restrict(v):
-        return np.asarray(v, dtype=np.float64).ravel()[support]
-
-    def lift(z):
-        out = np.zeros(p)
-        out[support] = z
-        return out
-
-    def solve(b, pinv=False):
-        if not k:
-            return np.zeros(0)
-        if rcond > _RCOND_MIN:
-            return scipy.linalg.cho_solve(factor, b)
-        if not pinv:
-            raise SingularSystemError(
-                f"the Hessian restricted to the support ({k} features) is singular "
-                f"(reciprocal condition {rcond:.1e}): restricted positive definiteness fails "
-                "and x* is not unique (collinear active features). If the upper loss sees x* "
-                "only through predictions X x* with the same column dependencies, "
-                "PartialSmoothness(pinv=True) gives its exact gradient. " + remedy)
-        return scipy.linalg.pinvh(H, atol=0.0, rtol=_RCOND_MIN) @ b
-
-    return Manifold(
-        kind="support", dim=k, margin=margin, restrict=restrict, lift=lift, solve=solve,
-        theta_vjp=lambda u: theta_vjp(support, signs, u),
-        theta_jvp=lambda dtheta: theta_jvp(support, signs, dtheta),
-        info={"support": support, "signs": signs, "margin_index": margin_index})
-
-
-def per_feature(grad_full, lam):
-    """Return a gradient over features, summed when ``lam`` is one shared scalar."""
-    return np.asarray(grad_full.sum()) if lam.ndim == 0 else grad_full
+__all__ = ["ElasticNet", "Lasso"]
 
 
 @register_problem
@@ -146,7 +50,9 @@ class ElasticNet(Problem):
     ``lam1`` (> 0) and ``lam2`` (>= 0) are scalars or arrays of shape (p,). Solved by
     cyclic coordinate descent with working sets and an exact solve on the identified
     support (:mod:`bilevel.solvers.coordinate_descent`); ``Solution.info`` holds
-    ``support``, ``signs``, ``gap`` (relative) and ``polished``.
+    ``support``, ``signs``, ``gap`` (relative) and ``polished``. Capabilities:
+    ``manifold`` (the support), ``step`` (a proximal gradient step), ``energy``; in
+    :class:`bilevel.torch.Layer` batches of scalar penalties (``theta_ndim`` 0 each).
 
     Examples
     --------
@@ -157,7 +63,6 @@ class ElasticNet(Problem):
     """
 
     name = "elastic_net"
-    capabilities = frozenset({"step", "energy", "manifold"})
     _remedy = "Raise lam2 or lam1 (a smaller support), or use finite_difference."
 
     def __init__(self, X, y, tol=1e-12, max_epochs=100_000):
@@ -169,6 +74,19 @@ class ElasticNet(Problem):
                              f"max_epochs={max_epochs}")
         self.tol, self.max_epochs = float(tol), int(max_epochs)
         self._yt = torch.from_numpy(self.y)
+
+    def offers(self):
+        """Return the support manifold, a proximal gradient step, the energy."""
+        return Capabilities(manifold=self.manifold, step=StepMap(self.step, start=self.init),
+                            energy=self.energy, batch=Batch(theta_ndim=self._theta_ndim))
+
+    _theta_ndim = (0, 0)
+
+    @classmethod
+    def examples(cls):
+        """Penalties with a clear support on a small regression."""
+        X, y = regression_data(30, 3, seed=4)
+        return [("elastic_net-tuple", cls(X, y), (np.asarray(0.1), np.asarray(0.2)))]
 
     def lam_max(self):
         """Smallest ``lam1`` with ``x* = 0``: ``||X^T y||_inf / n``."""
@@ -194,7 +112,7 @@ class ElasticNet(Problem):
         return np.zeros(self.design.shape[1])
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import enet_cd
+        from bilevel.solvers.coordinate_descent import enet_cd
 
         lam1, lam2 = self._penalties(theta)
         x, epochs, gap, polished, corr = enet_cd(
@@ -288,8 +206,16 @@ class Lasso(ElasticNet):
     """
 
     name = "lasso"
+    _theta_ndim = (0,)
     _remedy = ("Add an l2 term (ElasticNet with lam2 > 0), raise lam for a smaller support, "
                "or use finite_difference.")
+
+    @classmethod
+    def examples(cls):
+        """Return a scalar and a per-feature penalty on a small regression."""
+        X, y = regression_data(30, 3, seed=4)
+        return [("lasso-scalar", cls(X, y), np.asarray(0.1)),
+                ("lasso-vector", cls(X, y), np.array([0.1, 0.3, 0.05]))]
 
     def check_theta(self, theta):
         """``lam``: a scalar or shape (p,), finite and > 0."""

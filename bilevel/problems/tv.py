@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Manifold
-from bilevel.problems.base import Problem, check_array, check_nonnegative
+from bilevel._types import Batch, BatchSolution, Manifold, Optimality, StepMap
+from bilevel.problems.base import Capabilities, Problem, check_array, check_nonnegative
 
 __all__ = ["TV1D"]
 
@@ -69,9 +69,11 @@ class TV1D(Problem):
     (:mod:`bilevel.solvers.tv`): order 1 l1 by Condat's exact direct algorithm; orders 2-3
     l1 by projected Newton on the dual (exact once the active set is identified); l2 by a
     banded Cholesky solve. ``Solution.info`` holds ``gap`` and, for l1, ``jumps`` (indices
-    ``i`` with ``(D^k y*)_i != 0``). Capabilities: ``manifold`` and, for order 1, the exact
-    ``analytic_vjp`` (l1); ``optimality`` and ``analytic_vjp`` (l2); ``step`` and
-    ``energy`` for both. :class:`bilevel.torch.Layer` batches over leading dimensions.
+    ``i`` with ``(D^k y*)_i != 0``). Capabilities: ``manifold``, ``mirror`` (a Bregman
+    primal-dual method) and, for order 1, the exact ``analytic_vjp`` (l1); ``optimality``
+    and ``analytic_vjp`` (l2); ``step`` and ``energy`` for both.
+    :class:`bilevel.torch.Layer` batches over leading dimensions with numba kernels
+    (``analytic`` and ``partial_smoothness``).
 
     Examples
     --------
@@ -82,7 +84,6 @@ class TV1D(Problem):
     """
 
     name = "tv1d"
-    theta_ndim = (1, 0)
 
     def __init__(self, order=1, norm="l1", tol=1e-13, max_iter=500):
         if order not in (1, 2, 3):
@@ -92,16 +93,31 @@ class TV1D(Problem):
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         self.order, self.norm, self.tol, self.max_iter = order, norm, float(tol), int(max_iter)
-        if norm == "l1":
-            caps = {"manifold", "step", "energy", "mirror"} | (
-                {"analytic_vjp"} if order == 1 else set())
-        else:
-            caps = {"optimality", "analytic_vjp", "step", "energy"}
-        self.capabilities = frozenset(caps)
         self._dual_maps = {}
 
     def __repr__(self):
         return f"TV1D(order={self.order}, norm={self.norm!r})"
+
+    def offers(self):
+        """l1: the manifold, a mirror, order 1's closed form; l2: optimality, closed form."""
+        l1 = self.norm == "l1"
+        exact = not l1 or self.order == 1
+        return Capabilities(
+            optimality=None if l1 else Optimality(self.optimality),
+            manifold=self.manifold if l1 else None, mirror=self.mirror if l1 else None,
+            analytic_vjp=self.analytic_vjp if exact else None,
+            step=StepMap(self.step, start=self.init), energy=self.energy,
+            batch=Batch(theta_ndim=(1, 0), solve=self._solve_batch,
+                        analytic_vjp=self._vjp_batch if exact else None,
+                        manifold_vjp=self._manifold_vjp_batch if l1 else None))
+
+    @classmethod
+    def examples(cls):
+        """l1 of orders 1 and 2, and l2 of order 2."""
+        return [("tv1d-l1", cls(1), (np.array([0.0, 2.0, 3.0]), np.asarray(0.2))),
+                ("tv1d-order2", cls(2), (np.array([0.0, 2.0, 3.0, 1.0, 0.5]),
+                                         np.asarray(0.2))),
+                ("tv1d-l2", cls(2, "l2"), (np.array([0.0, 2.0, 2.3]), np.asarray(0.3)))]
 
     def check_theta(self, theta):
         """``(s, lam)``: s of shape (n,) with n > order, finite; lam a scalar >= 0."""
@@ -118,7 +134,7 @@ class TV1D(Problem):
         return parts[0].copy()
 
     def _solve(self, theta, x0):
-        from bilevel.solvers import tv1d_condat, tv_dual_from_primal, tv_dual_newton, tv_l2
+        from bilevel.solvers.tv import tv1d_condat, tv_dual_from_primal, tv_dual_newton, tv_l2
 
         s, lam = theta[0], float(theta[1])
         if self.norm == "l2":
@@ -130,6 +146,11 @@ class TV1D(Problem):
             y, _, n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol, self.max_iter)
         jumps = np.flatnonzero(np.abs(np.diff(y, self.order)) > self._zero_tol(s))
         return y, n_iter, gap, {"gap": gap, "jumps": jumps}
+
+    def _require(self, norm, what):
+        if self.norm != norm:
+            raise ValueError(f"TV1D(norm={self.norm!r}) has no {what}: it is a capability of "
+                             f"norm={norm!r} (see problem.capabilities)")
 
     @staticmethod
     def _zero_tol(s):
@@ -145,8 +166,7 @@ class TV1D(Problem):
 
     def optimality(self, y, theta):
         """``y - s + lam D^T D y`` (l2 only)."""
-        if self.norm != "l2":
-            raise AttributeError("the l1 energy is not smooth: it has no optimality residual")
+        self._require("l2", "optimality residual")
         s, lam = theta
         return y - s + lam * self._adjoint(torch_diff(y, self.order))
 
@@ -193,10 +213,9 @@ class TV1D(Problem):
         condition), for :class:`~bilevel.strategies.BregmanUnroll`.
         """
         from bilevel._types import Mirror
-        from bilevel.solvers import bregman_pd_tv1d
+        from bilevel.solvers.bregman import bregman_pd_tv1d
 
-        if self.norm != "l1":
-            raise AttributeError("the l2 energy is smooth: differentiate it with implicit")
+        self._require("l1", "Bregman primal-dual method")
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
         k, kappa = self.order, max(float(lam) * 2.0**self.order, 1e-12)
         z0 = np.zeros(s.size - k)
@@ -217,10 +236,9 @@ class TV1D(Problem):
     # structure ------------------------------------------------------------------------
     def manifold(self, solution):
         """Return the manifold ``(D^k y)_Z = 0`` in full coordinates (``solve`` projects)."""
-        from bilevel.solvers import diff_adjoint, diff_forward, tv_manifold, tv_project
+        from bilevel.solvers.tv import diff_adjoint, diff_forward, tv_manifold, tv_project
 
-        if self.norm != "l1":
-            raise AttributeError("the l2 energy is smooth: use optimality, not manifold")
+        self._require("l1", "active manifold")
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
         y, k = solution.x, self.order
         zero, sigma, margin = tv_manifold(s, y, float(lam), k, self._zero_tol(s))
@@ -241,7 +259,7 @@ class TV1D(Problem):
 
     def analytic_vjp(self, solution, v):
         """Order-1 l1: segment means of ``v`` and the per-segment ``lam`` term; l2: banded."""
-        from bilevel.solvers import tv_l2_vjp, tv_manifold_vjp
+        from bilevel.solvers.tv import tv_l2_vjp, tv_manifold_vjp
 
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
         v = np.ascontiguousarray(v, dtype=np.float64)
@@ -252,37 +270,39 @@ class TV1D(Problem):
                                             self._zero_tol(s))
         return g_s, np.asarray(g_lam)
 
-    # batched fast path for bl.torch.Layer -----------------------------------------------
-    batch_strategies = frozenset({"analytic", "partial_smoothness"})
-
-    def solve_batch(self, S, lam):
-        """Solve every row of ``S`` (b, n) with ``lam`` (b,); return ``Y`` (b, n).
-
-        With :meth:`vjp_batch`, the fast path of :class:`bilevel.torch.Layer` for the
-        strategies in ``batch_strategies`` (all exact, all the same formula here).
-        """
+    # batched kernels for bl.torch.Layer ------------------------------------------------
+    def _solve_batch(self, S, lam):
+        """Solve every row of ``S`` (b, n) with ``lam`` (b,): a :class:`~bilevel.BatchSolution`."""
         if self.norm == "l2":
-            return _kernel("tv_l2", S)(S, lam, self.order)
-        if self.order == 1:
-            return _kernel("tv1d_condat", S)(S, lam)
-        U0 = np.zeros((S.shape[0], S.shape[1] - self.order))
-        Y, _, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
-                                                     self.max_iter)
-        if np.any(gaps > self.tol):
-            import warnings
+            Y = _kernel("tv_l2", S)(S, lam, self.order)
+        elif self.order == 1:
+            Y = _kernel("tv1d_condat", S)(S, lam)
+        else:
+            U0 = np.zeros((S.shape[0], S.shape[1] - self.order))
+            Y, _, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
+                                                         self.max_iter)
+            if np.any(gaps > self.tol):
+                import warnings
 
-            from bilevel._types import ConvergenceWarning
+                from bilevel._types import ConvergenceWarning
 
-            warnings.warn(f"TV1D: {int(np.sum(gaps > self.tol))} of {S.shape[0]} rows stopped at "
-                          f"relative gap up to {gaps.max():.1e} > tol={self.tol:.0e}; raise "
-                          "max_iter", ConvergenceWarning, stacklevel=3)
-        return Y
+                warnings.warn(f"TV1D: {int(np.sum(gaps > self.tol))} of {S.shape[0]} rows "
+                              f"stopped at relative gap up to {gaps.max():.1e} > "
+                              f"tol={self.tol:.0e}; raise max_iter", ConvergenceWarning,
+                              stacklevel=4)
+        return BatchSolution(x=Y, parts=(S, lam))
 
-    def vjp_batch(self, S, lam, Y, V):
-        """Exact VJPs for every row: ``((G_s (b, n), g_lam (b,)), margins (b,))``."""
+    def _vjp_batch(self, batch, V):
+        """Exact VJPs of every row: ``((G_s (b, n), g_lam (b,)), margins (b,))``."""
+        S, lam = batch.parts
+        Y = batch.x
         if self.norm == "l2":
             G, g_lam = _kernel("tv_l2_vjp", S)(Y, lam, self.order, V)
             return (G, g_lam), np.full(S.shape[0], np.inf)
         tol = _ZERO_TOL * np.maximum(1.0, np.abs(S).max(axis=1))
         G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
         return (G, g_lam), margins
+
+    def _manifold_vjp_batch(self, batch, V, pinv=False):
+        """Return the manifold's projector VJP of every row (never singular: ``pinv`` is moot)."""
+        return self._vjp_batch(batch, V)

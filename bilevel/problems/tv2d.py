@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel.problems.base import Problem, check_array
+from bilevel._types import Batch, StepMap
+from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["TV2D"]
 
@@ -71,7 +72,8 @@ class TV2D(Problem):
     reach 1e-6 quickly and 1e-10 only slowly (the tail of the iteration is sublinear):
     derivatives are as accurate as the KKT pair ``(u*, p*)`` in ``Solution.info["dual"]``.
     Capabilities: ``step`` (the primal-dual map on ``z = (u, p)``: ``Unroll``,
-    ``FixedPoint``) and ``energy``. :class:`bilevel.torch.Layer` takes batches of images.
+    ``FixedPoint``), ``mirror`` (a Bregman primal-dual method) and ``energy``.
+    :class:`bilevel.torch.Layer` takes batches of images.
 
     Examples
     --------
@@ -83,8 +85,6 @@ class TV2D(Problem):
     """
 
     name = "tv2d"
-    theta_ndim = (2, 0)
-    capabilities = frozenset({"step", "energy", "mirror"})
 
     def __init__(self, operator="identity", blur_sigma=1.0, tol=1e-6, max_iter=20000):
         if operator not in ("identity", "blur"):
@@ -104,6 +104,20 @@ class TV2D(Problem):
     def __repr__(self):
         blur = "" if self.identity else f", blur_sigma={self.blur_sigma}"
         return f"TV2D(operator={self.operator!r}{blur})"
+
+    def offers(self):
+        """Return the primal-dual step on ``z = (u, p)``, the Bregman method, the energy."""
+        return Capabilities(
+            step=StepMap(self.step, start=self._step_init, state=self._step_state,
+                         output=self._step_output),
+            mirror=self.mirror, energy=self.energy, batch=Batch(theta_ndim=(2, 0)))
+
+    @classmethod
+    def examples(cls):
+        """Denoising of a 2 x 3 image, solved to 1e-12."""
+        # tol 1e-12: finite differences (the reference here) divide solver error by h.
+        return [("tv2d-identity", cls(tol=1e-12, max_iter=100000),
+                 (np.array([[0.0, 0.1, 1.0], [0.1, 0.9, 1.2]]), np.asarray(0.05)))]
 
     def check_theta(self, theta):
         """``(f, lam)``: f of shape (H, W), H, W >= 2, finite; lam a scalar > 0."""
@@ -133,16 +147,16 @@ class TV2D(Problem):
         return u, n_iter, residual, {"dual": p}
 
     # primal-dual state for Unroll / FixedPoint ------------------------------------------
-    def step_init(self, parts):
+    def _step_init(self, parts):
         """Return the initial state ``z_0 = (f, 0)``, flattened."""
         f = parts[0]
         return np.concatenate([f.ravel(), np.zeros(2 * f.size)])
 
-    def step_state(self, solution):
+    def _step_state(self, solution):
         """Return the state at the solution, ``z* = (u*, p*)``, flattened."""
         return np.concatenate([solution.x.ravel(), solution.info["dual"].ravel()])
 
-    def step_output(self, z, theta):
+    def _step_output(self, z, theta):
         """``u``, the image part of the state."""
         f = theta[0]
         return z[:f.numel()].reshape(f.shape)

@@ -23,9 +23,9 @@ from numba import njit
 from bilevel.solvers.tv import diff_adjoint, diff_forward
 from bilevel.solvers.tv2d import blur_apply, div2d, grad2d
 
-__all__ = ["bregman_pd_game", "bregman_pd_tv1d", "bregman_pd_tv2d", "bregman_quadratic",
-           "bregman_segmentation",
-           "lad_pdhg", "mirror_dual", "mirror_primal", "natural_residual", "projection_simplex"]
+__all__ = ["KERNELS", "bregman_pd_game", "bregman_pd_tv1d", "bregman_pd_tv2d",
+           "bregman_quadratic", "bregman_segmentation", "lad_pdhg", "mirror_dual",
+           "mirror_primal", "natural_residual", "projection_simplex", "warmup"]
 
 EUCLIDEAN, ENTROPY, SIMPLEX, BOX, BALL = 0, 1, 2, 3, 4
 KIND_CODES = {"euclidean": EUCLIDEAN, "entropy": ENTROPY, "simplex": SIMPLEX, "box": BOX,
@@ -273,28 +273,6 @@ def bregman_pd_game(A, x0, y0, tau, sigma, n_steps, tol):
     return x, y, n_iter, residual
 
 
-def _warmup():
-    """Compile every kernel of this module once on a tiny float64 instance."""
-    H = np.array([[2.0, 0.5], [0.5, 1.0]])
-    c = np.array([-1.0, 0.3])
-    for kind in (EUCLIDEAN, ENTROPY, SIMPLEX, BOX, BALL):
-        x0 = np.full((1, 2), 0.3)
-        bregman_quadratic(H, c, x0, kind, 0.2, 5, 1e-12)
-        mirror_primal(mirror_dual(x0, kind), kind)
-        natural_residual(x0, x0, kind)
-    projection_simplex(c)
-    C = np.zeros((2, 2, 3))
-    bregman_segmentation(C, 0.5, 0.1, np.full((2, 2, 3), 1.0 / 3.0), 0.2, 5, 1e-12)
-    s = np.array([0.0, 1.0, 3.0, 2.0])
-    bregman_pd_tv1d(s, 0.5, 1, s.copy(), np.zeros(3), 0.5, 0.5, 5, 1e-12)
-    bregman_pd_game(H, np.full(2, 0.5), np.full(2, 0.5), 0.5, 0.5, 5, 1e-12)
-    lad_pdhg(H, c, np.zeros(2), np.zeros(2), 0.1, 0.1, 5)
-    f = np.eye(3)
-    for identity in (True, False):
-        bregman_pd_tv2d(f, 0.2, np.array([0.25, 0.5, 0.25]), identity, f.copy(),
-                        np.zeros((3, 3, 2)), 0.5, 0.5, 5, 1e-12)
-
-
 @njit(cache=True)
 def lad_pdhg(A, u, x0, y0, tau, sigma, n_steps):
     r"""Primal-dual hybrid gradient for least absolute deviations, with its dual iterates.
@@ -361,3 +339,29 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
         u = u_new
         n_iter += 1
     return u, z, n_iter, residual
+
+
+KERNELS = (bregman_pd_game, bregman_pd_tv1d, bregman_pd_tv2d, bregman_quadratic,
+           bregman_segmentation, lad_pdhg, projection_simplex)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
+    H = np.array([[2.0, 0.5], [0.5, 1.0]])
+    c = np.array([-1.0, 0.3])
+    for kind in (EUCLIDEAN, ENTROPY, SIMPLEX, BOX, BALL):
+        x0 = np.full((1, 2), 0.3)
+        bregman_quadratic(H, c, x0, kind, 0.2, 5, 1e-12)
+        mirror_primal(mirror_dual(x0, kind), kind)
+        natural_residual(x0, x0, kind)
+    projection_simplex(c)
+    C = np.zeros((2, 2, 3))
+    bregman_segmentation(C, 0.5, 0.1, np.full((2, 2, 3), 1.0 / 3.0), 0.2, 5, 1e-12)
+    s = np.array([0.0, 1.0, 3.0, 2.0])
+    bregman_pd_tv1d(s, 0.5, 1, s.copy(), np.zeros(3), 0.5, 0.5, 5, 1e-12)
+    bregman_pd_game(H, np.full(2, 0.5), np.full(2, 0.5), 0.5, 0.5, 5, 1e-12)
+    lad_pdhg(H, c, np.zeros(2), np.zeros(2), 0.1, 0.1, 5)
+    f = np.eye(3)
+    for identity in (True, False):
+        bregman_pd_tv2d(f, 0.2, np.array([0.25, 0.5, 0.25]), identity, f.copy(),
+                        np.zeros((3, 3, 2)), 0.5, 0.5, 5, 1e-12)

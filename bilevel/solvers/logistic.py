@@ -8,12 +8,12 @@ backtracking on the energy; quadratic convergence near ``w*``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from bilevel.solvers.cholesky import cholesky_solve
 
-__all__ = ["logistic_l2_energy", "logistic_l2_hessian", "newton_logistic_l2",
-           "newton_logistic_l2_batched"]
+__all__ = ["KERNELS", "logistic_l2_energy", "logistic_l2_hessian", "newton_logistic_l2",
+           "warmup"]
 
 
 @njit(cache=True)
@@ -89,13 +89,13 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
     return w, max_iter, residual
 
 
-@njit(cache=True, parallel=True)
-def newton_logistic_l2_batched(X, y, lams, W0, tol, max_iter):
-    """Solutions for each ``lams[i]`` from ``W0[i]``, in parallel over the batch."""
-    batch = lams.shape[0]
-    W = np.empty_like(W0)
-    n_iter = np.empty(batch, dtype=np.int64)
-    residuals = np.empty(batch)
-    for i in prange(batch):
-        W[i], n_iter[i], residuals[i] = newton_logistic_l2(X, y, lams[i], W0[i], tol, max_iter)
-    return W, n_iter, residuals
+KERNELS = (logistic_l2_energy, logistic_l2_hessian, newton_logistic_l2)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
+    X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
+    y, w0 = np.array([1.0, -1.0, 1.0]), np.zeros(2)
+    newton_logistic_l2(X, y, 1.0, w0, 1e-8, 50)
+    logistic_l2_energy(X, y, 1.0, w0)
+    logistic_l2_hessian(X, y, 1.0, w0)

@@ -14,13 +14,13 @@ small, Newton's method on the current support and signs gives ``w*`` to round-of
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from bilevel.solvers.cholesky import cholesky_solve
 from bilevel.solvers.columns import col_dot, col_sq_norms, dense_columns, matvec
-from bilevel.solvers.coordinate_descent import enet_cd
+from bilevel.solvers.coordinate_descent import designs, enet_cd
 
-__all__ = ["logistic_l1_gap", "logistic_l1_prox_newton", "logistic_l1_prox_newton_batched"]
+__all__ = ["KERNELS", "logistic_l1_gap", "logistic_l1_prox_newton", "warmup"]
 
 _POLISH_GAP = 1e-3
 _POLISH_MAX = 2000
@@ -210,18 +210,13 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
     return w, it, gap / _LOG2, polished, grad
 
 
-@njit(cache=True, parallel=True)
-def logistic_l1_prox_newton_batched(Xt, data, indices, indptr, sparse, y, lam, w0, tol,
-                                    max_iter):
-    """:func:`logistic_l1_prox_newton` for each row of ``lam`` (shape (b, p)), in parallel."""
-    b, p = lam.shape
-    W = np.empty((b, p))
-    n_iter = np.empty(b, dtype=np.int64)
-    gaps = np.empty(b)
-    for i in prange(b):
-        w, k, g, _, _ = logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam[i],
-                                             w0[i], tol, max_iter)
-        W[i] = w
-        n_iter[i] = k
-        gaps[i] = g
-    return W, n_iter, gaps
+KERNELS = (logistic_l1_gap, logistic_l1_prox_newton)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance, dense and sparse."""
+    X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
+    y, w0, lam = np.array([1.0, -1.0, 1.0]), np.zeros(2), np.full(2, 0.1)
+    for design in designs(X):
+        logistic_l1_prox_newton(*design, y, lam, w0, 1e-8, 50)
+        logistic_l1_gap(X @ w0, y, lam, w0, X.T @ y)

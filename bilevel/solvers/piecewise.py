@@ -38,8 +38,8 @@ from numba import njit, prange
 
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["pp_basis", "pp_basis_table", "pp_dp", "pp_dp_batched", "pp_dp_rows",
-           "pp_hat_vjp_batched", "pp_hat_vjp_rows"]
+__all__ = ["KERNELS", "pp_basis", "pp_basis_table", "pp_dp", "pp_dp_batched", "pp_dp_rows",
+           "pp_hat_vjp_batched", "pp_hat_vjp_rows", "warmup"]
 
 
 @njit(cache=True)
@@ -312,7 +312,11 @@ pp_dp_rows = serial_twin(pp_dp_batched, "pp_dp_rows")
 pp_hat_vjp_rows = serial_twin(pp_hat_vjp_batched, "pp_hat_vjp_rows")
 
 
-def _warmup():
+KERNELS = (pp_basis, pp_basis_table, pp_dp, pp_dp_batched, pp_dp_rows, pp_hat_vjp_batched,
+           pp_hat_vjp_rows)
+
+
+def warmup():
     """Compile each kernel of this module once on a tiny float64 instance."""
     s = np.array([0.0, 0.1, 2.0, 2.1, 5.0])
     deg = np.array([0, 1], dtype=np.int64)

@@ -56,8 +56,8 @@ from numba import njit, prange
 
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["PENALTIES", "pool_solve_batched", "pool_solve_rows", "pool_vjp_batched",
-           "pool_vjp_rows"]
+__all__ = ["KERNELS", "PENALTIES", "pool_solve_batched", "pool_solve_rows", "pool_vjp_batched",
+           "pool_vjp_rows", "warmup"]
 
 PENALTIES = {"quadratic": 0, "pseudo_huber": 1, "huber": 2, "welsch": 3,
              "truncated_quadratic": 4}
@@ -500,8 +500,11 @@ pool_solve_rows = serial_twin(pool_solve_batched, "pool_solve_rows")
 pool_vjp_rows = serial_twin(pool_vjp_batched, "pool_vjp_rows")
 
 
-def _warmup():
-    """Compile every kernel of this module once on a tiny float64 instance."""
+KERNELS = (pool_solve_batched, pool_solve_rows, pool_vjp_batched, pool_vjp_rows)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
     X = np.array([[0.0, 1.0, 5.0], [2.0, -1.0, 0.5]])
     Y0 = np.median(X, axis=1)
     for penalty in range(5):

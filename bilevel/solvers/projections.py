@@ -44,8 +44,9 @@ from numba import njit, prange
 
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["SETS", "proj_batched", "proj_rows", "proj_vjp_batched", "proj_vjp_rows",
-           "softmax_batched", "softmax_rows", "softmax_vjp_batched", "softmax_vjp_rows"]
+__all__ = ["KERNELS", "SETS", "proj_batched", "proj_rows", "proj_vjp_batched", "proj_vjp_rows",
+           "softmax_batched", "softmax_rows", "softmax_vjp_batched", "softmax_vjp_rows",
+           "warmup"]
 
 SETS = {"l2_sphere": 0, "l2_ball": 1, "l1_sphere": 2, "l1_ball": 3, "linf_ball": 4,
         "simplex": 5}
@@ -267,8 +268,12 @@ softmax_rows = serial_twin(softmax_batched, "softmax_rows")
 softmax_vjp_rows = serial_twin(softmax_vjp_batched, "softmax_vjp_rows")
 
 
-def _warmup():
-    """Compile every kernel of this module once on a tiny float64 instance."""
+KERNELS = (proj_batched, proj_rows, proj_vjp_batched, proj_vjp_rows, softmax_batched,
+           softmax_rows, softmax_vjp_batched, softmax_vjp_rows)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
     X = np.array([[0.5, -1.0, 2.0], [0.1, 0.2, -0.1]])
     for code in range(6):
         for kernel, vjp in ((proj_batched, proj_vjp_batched), (proj_rows, proj_vjp_rows)):

@@ -31,10 +31,10 @@ from numba import njit, prange
 
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["nnls_active_vjp_batched", "nnls_active_vjp_rows", "nnls_lawson_hanson",
+__all__ = ["KERNELS", "nnls_active_vjp_batched", "nnls_active_vjp_rows", "nnls_lawson_hanson",
            "nnls_lawson_hanson_batched", "nnls_lawson_hanson_rows", "qp_active_vjp_batched",
            "qp_active_vjp_rows", "qp_goldfarb_idnani", "qp_goldfarb_idnani_batched",
-           "qp_goldfarb_idnani_rows"]
+           "qp_goldfarb_idnani_rows", "warmup"]
 
 # Status codes of the QP solver.
 QP_OPTIMAL, QP_INFEASIBLE, QP_MAX_ITER = 0, 1, 2
@@ -561,8 +561,14 @@ def nnls_active_vjp_batched(A, B, X, V, active_tol):
 nnls_active_vjp_rows = serial_twin(nnls_active_vjp_batched, "nnls_active_vjp_rows")
 
 
-def _warmup():
-    """Compile every kernel of this module once on a tiny float64 instance."""
+KERNELS = (nnls_active_vjp_batched, nnls_active_vjp_rows, nnls_lawson_hanson,
+           nnls_lawson_hanson_batched, nnls_lawson_hanson_rows, qp_active_vjp_batched,
+           qp_active_vjp_rows, qp_goldfarb_idnani, qp_goldfarb_idnani_batched,
+           qp_goldfarb_idnani_rows)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
     Q = np.array([[2.0, 0.5], [0.5, 1.0]])
     G = np.array([[1.0, 1.0], [-1.0, 0.0]])
     c, h = np.array([-1.0, -1.0]), np.array([0.5, 0.0])

@@ -5,11 +5,11 @@ r"""Ridge regression by a Cholesky solve of the normal equations.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from bilevel.solvers.cholesky import cholesky_solve
 
-__all__ = ["ridge_cholesky", "ridge_cholesky_batched"]
+__all__ = ["KERNELS", "ridge_cholesky", "warmup"]
 
 
 @njit(cache=True)
@@ -31,14 +31,10 @@ def ridge_cholesky(X, y, lam):
     return w, 1, residual
 
 
-@njit(cache=True, parallel=True)
-def ridge_cholesky_batched(X, y, lams):
-    """Ridge solutions for each row of ``lams`` (shape (batch, p)), in parallel."""
-    batch, p = lams.shape
-    W = np.empty((batch, p))
-    residuals = np.empty(batch)
-    for i in prange(batch):
-        w, _, r = ridge_cholesky(X, y, lams[i])
-        W[i] = w
-        residuals[i] = r
-    return W, residuals
+KERNELS = (ridge_cholesky,)
+
+
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
+    X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
+    ridge_cholesky(X, np.array([1.0, -1.0, 1.0]), np.ones(2))

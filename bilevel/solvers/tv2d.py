@@ -18,10 +18,10 @@ Both stop on the KKT residual of :func:`tv2d_kkt_residual`.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-__all__ = ["blur_apply", "div2d", "gaussian_kernel", "grad2d", "project_balls",
-           "tv2d_kkt_residual", "tv2d_solve", "tv2d_solve_batched", "tv2d_steps"]
+__all__ = ["KERNELS", "blur_apply", "div2d", "gaussian_kernel", "grad2d", "project_balls",
+           "tv2d_kkt_residual", "tv2d_solve", "tv2d_steps", "warmup"]
 
 # Norm bound of the discrete gradient: ||grad||^2 <= 8.
 _GRAD_NORM_SQ = 8.0
@@ -223,28 +223,15 @@ def tv2d_solve(f, lam, u0, p0, w, identity, tol, max_iter):
     return u, p, it, residual
 
 
-@njit(cache=True, parallel=True)
-def tv2d_solve_batched(F, lam, U0, P0, w, identity, tol, max_iter):
-    """:func:`tv2d_solve` on each image ``F[b]`` with ``lam[b]``, in parallel."""
-    B = F.shape[0]
-    U = np.empty_like(F)
-    P = np.empty_like(P0)
-    n_iter = np.empty(B, dtype=np.int64)
-    res = np.empty(B)
-    for b in prange(B):
-        U[b], P[b], n_iter[b], res[b] = tv2d_solve(F[b], lam[b], U0[b], P0[b], w, identity,
-                                                  tol, max_iter)
-    return U, P, n_iter, res
+KERNELS = (tv2d_kkt_residual, tv2d_solve)
 
 
-def _warmup():
-    """Compile every kernel of this module once on a tiny float64 instance."""
+def warmup():
+    """Compile this module's kernels once on a tiny float64 instance."""
     f = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
     w = gaussian_kernel(0.8)
     for identity in (True, False):
         tv2d_solve(f, 0.3, f, np.zeros((2, 2, 3)), w, identity, 1e-8, 20)
-        tv2d_solve_batched(f[None], np.array([0.3]), f[None], np.zeros((1, 2, 2, 3)), w,
-                           identity, 1e-8, 20)
     tv2d_kkt_residual(f, np.zeros((2, 2, 3)), f, 0.3, w, True)
     project_balls(np.zeros((2, 2, 3)), 0.3)
     blur_apply(f, w)

@@ -25,7 +25,7 @@ References
 Ochs, Ranftl, Brox, Pock, "Techniques for gradient-based bilevel optimization with
 non-smooth lower level problems", J. Math. Imaging Vis. 2016.
 Ochs, "Towards differentiation of solution mappings of non-smooth optimization problems",
-lecture 2021 (``../shared/papers/ochs-differentiating-nonsmooth-solution-maps.txt``).
+lecture notes, 2021.
 Chambolle, Pock, "On the ergodic convergence rates of a first-order primal-dual
 algorithm", Math. Program. 2016.
 """
@@ -184,7 +184,7 @@ class BregmanUnroll(Strategy):
         """VJP of the method's ``n``-th iterate; see the class docstring."""
         check_applicable(self, problem)
         begin = time.perf_counter()
-        mirror = problem.mirror(solution)
+        mirror = problem.capabilities.mirror(solution)
         tau = mirror.step_size * self.step_scale
         sigma = None if mirror.dual_step_size is None else mirror.dual_step_size * self.step_scale
         tol = -1.0 if self.tol is None else self.tol

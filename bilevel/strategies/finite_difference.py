@@ -19,10 +19,41 @@ from bilevel._registry import register_strategy
 from bilevel._types import as_tuple, like_structure
 from bilevel.strategies.base import Strategy, warn_if_unconverged
 
-__all__ = ["FiniteDifference"]
+__all__ = ["FiniteDifference", "check_stencil", "stencil_gradient"]
 
 _STENCILS = {2: ((1, 0.5), (-1, -0.5)),
              4: ((2, -1 / 12), (1, 8 / 12), (-1, -8 / 12), (-2, 1 / 12))}
+
+
+def check_stencil(order, rel_step):
+    """Validate the knobs of a central stencil: ``order`` 2 or 4, ``rel_step`` in (0, 0.5)."""
+    if order not in _STENCILS:
+        raise ValueError(f"order must be 2 or 4, got {order}")
+    if rel_step is not None and not (0 < rel_step < 0.5):
+        raise ValueError(f"rel_step must be in (0, 0.5), got {rel_step}")
+
+
+def stencil_gradient(fn, theta, order, rel):
+    """Central differences of a scalar ``fn(theta)`` along each coordinate of theta.
+
+    The step of coordinate ``i`` is ``rel |theta_i|`` (``rel`` at ``theta_i = 0``).
+    Returns ``(gradient in theta's structure, number of evaluations)``.
+    """
+    parts = tuple(np.asarray(t, dtype=np.float64) for t in as_tuple(theta))
+    grads, calls = [], 0
+    for k, part in enumerate(parts):
+        g = np.zeros(part.shape)
+        for idx in np.ndindex(part.shape):
+            h = rel * (abs(part[idx]) if part[idx] != 0 else 1.0)
+            total = 0.0
+            for shift, weight in _STENCILS[order]:
+                moved = [p.copy() for p in parts]
+                moved[k][idx] += shift * h
+                total += weight * fn(like_structure(tuple(moved), theta))
+                calls += 1
+            g[idx] = total / h
+        grads.append(g)
+    return like_structure(tuple(grads), theta), calls
 
 
 @register_strategy
@@ -54,10 +85,7 @@ class FiniteDifference(Strategy):
     rel_step: float | None = None
 
     def __post_init__(self):
-        if self.order not in _STENCILS:
-            raise ValueError(f"order must be 2 or 4, got {self.order}")
-        if self.rel_step is not None and not (0 < self.rel_step < 0.5):
-            raise ValueError(f"rel_step must be in (0, 0.5), got {self.rel_step}")
+        check_stencil(self.order, self.rel_step)
 
     def _rel_step(self, problem, solution):
         """``rel_step``, or the default shrunk to a tenth of the manifold's margin.
@@ -69,8 +97,9 @@ class FiniteDifference(Strategy):
         if self.rel_step is not None:
             return self.rel_step
         rel = np.finfo(float).eps ** (1 / (self.order + 1))
-        if "manifold" in getattr(problem, "capabilities", ()):
-            rel = min(rel, max(problem.manifold(solution).margin / 10, 1e-9))
+        manifold = problem.capabilities.manifold
+        if manifold is not None:
+            rel = min(rel, max(manifold(solution).margin / 10, 1e-9))
         return rel
 
     def vjp(self, problem, solution, v, warm_start=None):
@@ -78,26 +107,13 @@ class FiniteDifference(Strategy):
         warn_if_unconverged(self, solution)
         start = time.perf_counter()
         rel = self._rel_step(problem, solution)
-        parts = tuple(np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
         v = np.asarray(v, dtype=np.float64)
-        grads, n_solves = [], 0
-        for k, part in enumerate(parts):
-            g = np.zeros(part.shape)
-            for idx in np.ndindex(part.shape):
-                h = rel * (abs(part[idx]) if part[idx] != 0 else 1.0)
-                total = 0.0
-                for shift, weight in _STENCILS[self.order]:
-                    moved = [p.copy() for p in parts]
-                    moved[k][idx] += shift * h
-                    x = problem.solve(like_structure(tuple(moved), solution.theta),
-                                      init=solution.x).x
-                    total += weight * np.vdot(v, x)
-                    n_solves += 1
-                g[idx] = total / h
-            grads.append(g)
+        grad, n_solves = stencil_gradient(
+            lambda theta: np.vdot(v, problem.solve(theta, init=solution.x).x),
+            solution.theta, self.order, rel)
         info = {"iterations": n_solves, "residual": None, "rel_step": rel,
                 "time": time.perf_counter() - start}
-        return like_structure(tuple(grads), solution.theta), info
+        return grad, info
 
     def jvp(self, problem, solution, dtheta):
         """Differences of ``x*(theta + t dtheta)`` in ``t``: forward mode, ``order`` solves.

@@ -15,6 +15,7 @@ Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,9 +23,9 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
-from bilevel._types import like_structure
+from bilevel._types import ConvergenceWarning, like_structure
 from bilevel.linalg import solve
-from bilevel.strategies.base import Strategy, step_hooks, theta_tensors, warn_if_unconverged
+from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
 
 __all__ = ["FixedPoint"]
 
@@ -32,7 +33,7 @@ __all__ = ["FixedPoint"]
 @register_strategy
 @dataclass(frozen=True)
 class FixedPoint(Strategy):
-    """Differentiate the fixed point of the problem's ``step`` map at ``x*``.
+    """Differentiate the fixed point of the problem's :class:`~bilevel.StepMap` at ``x*``.
 
     Parameters
     ----------
@@ -43,15 +44,17 @@ class FixedPoint(Strategy):
     n_terms : int
         Series terms (``method="neumann"``).
     tol : float
-        Relative residual tolerance (``method="gmres"``).
+        Relative residual tolerance of the adjoint system ``(I - d_x T)^T u = v``: GMRES's
+        stopping rule; a Neumann series that ends above it warns
+        (:class:`~bilevel.ConvergenceWarning`).
     maxiter : int, optional
         GMRES iteration cap.
 
     Notes
     -----
-    ``info`` has ``iterations`` (VJPs of ``T``), ``residual`` (the norm of the last series
-    term relative to ``||v||``, or GMRES's relative residual), ``time`` and ``warm_start``
-    (the adjoint ``u``; GMRES starts from it when passed back).
+    ``info`` has ``iterations`` (VJPs of ``T``), ``residual`` (the adjoint residual
+    ``||v - (I - d_x T)^T u|| / ||v||``: for the series, its next term, one more VJP),
+    ``time`` and ``warm_start`` (the adjoint ``u``; GMRES starts from it when passed back).
     """
 
     name = "fixed_point"
@@ -82,19 +85,19 @@ class FixedPoint(Strategy):
         check_applicable(self, problem)
         warn_if_unconverged(self, solution)
         start = time.perf_counter()
-        _, solution_state, output = step_hooks(problem)
-        z_star = solution_state(solution)
+        step_map = problem.capabilities.step
+        z_star = step_map.at_solution(solution)
         shape = z_star.shape
         parts, theta = theta_tensors(solution.theta, requires_grad=True)
         x_t = torch.tensor(z_star, requires_grad=True)
         with torch.enable_grad():
-            T = problem.step(x_t, theta)
-            out = output(x_t, theta)
+            T = step_map.step(x_t, theta)
+            out = step_map.read(x_t, theta)
 
         def jt(w):  # (d_x T)^T w
             return pullback(T, (x_t,), w, retain_graph=True)[0].ravel()
 
-        readout = out is not x_t            # x read off a larger state z: x = R(z, theta)
+        readout = step_map.output is not None   # x read off a larger state z: x = R(z, theta)
         if readout:                          # (dx*/dtheta)^T v = R_theta^T v + T_theta^T u,
             b = pullback(out, (x_t,), v, retain_graph=True)[0].ravel()   # (I - T_z)^T u = R_z^T v
         else:
@@ -104,8 +107,15 @@ class FixedPoint(Strategy):
             for _ in range(self.n_terms - 1):
                 term = jt(term)
                 u += term
-            iterations = self.n_terms - 1
-            residual = float(np.linalg.norm(term) / max(np.linalg.norm(b), 1e-300))
+            iterations = self.n_terms
+            # v - (I - T_z^T) u_n = (T_z^T)^n v: the series' next term.
+            residual = float(np.linalg.norm(jt(term)) / max(np.linalg.norm(b), 1e-300))
+            if residual > self.tol:
+                warnings.warn(
+                    f"fixed_point: the Neumann series of {self.n_terms} terms leaves the "
+                    f"adjoint residual at {residual:.1e} > tol={self.tol:.0e}: the VJP is off "
+                    "by about as much. Raise n_terms, or use method='gmres'",
+                    ConvergenceWarning, stacklevel=3)
         else:
             x0 = None if warm_start is None else np.asarray(warm_start, np.float64).ravel()
             u, linfo = solve(lambda w: w - jt(w), b, method="gmres", tol=self.tol,

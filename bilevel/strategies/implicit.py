@@ -5,7 +5,8 @@ Unconstrained: with ``F(x*(theta), theta) = 0`` the implicit function theorem gi
 
 .. math:: (dx^*/d\theta)^\top v = -(d_\theta F)^\top u, \qquad (d_x F)^\top u = v.
 
-Constrained (problems with the ``constraints`` capability):
+Constrained (problems with the ``constraints`` capability, whose KKT system the problem
+builds, :class:`~bilevel.KKTSystem`):
 ``x* = argmin f(x, theta)`` s.t. ``h(x, theta) = 0`` (p equalities) and
 ``g(x, theta) <= 0`` (q inequalities). With ``c = (h, g_A)`` the equalities and the active
 inequalities (``A = {i : g_i(x*) = 0}``, to ``active_tol``), multipliers
@@ -36,7 +37,6 @@ Amos, Kolter, "OptNet: Differentiable Optimization as a Layer in Neural Networks
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -44,7 +44,7 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
-from bilevel._types import ConvergenceWarning, SingularSystemError, like_structure
+from bilevel._types import SingularSystemError, like_structure
 from bilevel.linalg import METHODS, solve
 from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
 
@@ -52,9 +52,6 @@ __all__ = ["Implicit"]
 
 # Below this many unknowns the dense system is formed and solved directly.
 _DIRECT_MAX = 500
-# Stationarity ||grad f + A^T mu||_inf above this (relative to max(1, ||grad f||_inf)):
-# x* is not a KKT point of the declared constraints, and the gradient is unreliable.
-_KKT_TOL = 1e-6
 # Singular-value cut-off of the pseudo-inverse, relative to the largest.
 _PINV_RCOND = 1e-12
 
@@ -80,8 +77,9 @@ class Implicit(Strategy):
         On a KKT system: ``H + damping I`` and ``-damping I`` in the multiplier block (a
         quasi-definite regularization, also for rank-deficient constraint Jacobians).
     hvp : {"auto", "autograd"}
-        "auto" uses the problem's own dense Hessian and ``d_theta F`` when it offers them,
-        else torch autograd; "autograd" always differentiates ``optimality`` with torch.
+        "auto" uses the problem's own dense Hessian and ``d_theta F`` when its
+        :class:`~bilevel.Optimality` offers them, else torch autograd; "autograd" always
+        differentiates the residual with torch.
     pinv : bool
         Solve the (dense) system by its pseudo-inverse instead of raising
         :class:`~bilevel.SingularSystemError` on a singular one: the minimum-norm adjoint
@@ -105,14 +103,13 @@ class Implicit(Strategy):
     ``stationarity``, ``one_sided`` and ``weakly_active`` (indices with a zero
     multiplier).
 
-    Affine constraints (a problem with ``constraints_affine = True``: ``h`` and ``g``
-    affine in ``x``, ``A`` independent of theta) take the linear shortcut of Gould et al.'s
-    Corollary 4.9: ``H = grad^2 f`` and ``B = d_theta grad_x f`` need no multipliers.
+    Affine constraints (a :class:`~bilevel.problems.KKT` with ``affine=True``: ``h`` and
+    ``g`` affine in ``x``, ``A`` independent of theta) take the linear shortcut of Gould et
+    al.'s Corollary 4.9: ``H = grad^2 f`` and ``B = d_theta grad_x f`` need no multipliers.
     """
 
     name = "implicit"
-    requires = frozenset({"optimality"})
-    requires_any = (frozenset({"optimality"}), frozenset({"constraints"}))
+    requires = (frozenset({"optimality"}), frozenset({"constraints"}))
     iterative = True
 
     linear_solver: str = "auto"
@@ -150,28 +147,29 @@ class Implicit(Strategy):
         """``-(d_theta F)^T u`` with ``(d_x F)^T u = v``; see the class docstring."""
         check_applicable(self, problem)
         warn_if_unconverged(self, solution)
-        if "constraints" in getattr(problem, "capabilities", ()):
-            return self._vjp_kkt(problem, solution, v, warm_start)
+        caps = problem.capabilities
+        if caps.constraints is not None:
+            return self._vjp_kkt(caps.constraints, solution, v, warm_start)
+        optimality = caps.optimality
         start = time.perf_counter()
         x = solution.x
         n = x.size
         method = self.linear_solver
         if method == "auto" or self.pinv:
             method = "direct" if (n <= _DIRECT_MAX or self.pinv) else "cg"
-        own = (self.hvp == "auto" and hasattr(problem, "hessian")
-               and hasattr(problem, "optimality_theta_vjp"))
+        own = self.hvp == "auto" and optimality.fast_path
         b = np.asarray(v, dtype=np.float64).ravel()
         x0 = None if warm_start is None else np.asarray(warm_start, np.float64).ravel()
         if own:
-            H = problem.hessian(solution)
+            H = optimality.hessian(solution)
             u, linfo = self._solve(H.__matmul__, b, method, x0, matrix=H)
-            grad = like_structure(problem.optimality_theta_vjp(solution, -u.reshape(x.shape)),
+            grad = like_structure(optimality.theta_vjp(solution, -u.reshape(x.shape)),
                                   solution.theta)
         else:
             parts, theta = theta_tensors(solution.theta, requires_grad=True)
             x_t = torch.tensor(x, requires_grad=True)
             with torch.enable_grad():
-                F = problem.optimality(x_t, theta)
+                F = optimality.residual(x_t, theta)
 
             def matvec(w):  # (d_x F)^T w
                 return pullback(F, (x_t,), w, retain_graph=True)[0].ravel()
@@ -221,107 +219,29 @@ class Implicit(Strategy):
                 "minimum-norm gradient, or Implicit(damping=1e-8) to regularize") from exc
 
     # constrained problems ---------------------------------------------------------------
-    def _vjp_kkt(self, problem, solution, v, warm_start):
+    def _vjp_kkt(self, kkt, solution, v, warm_start):
+        """Solve the adjoint of the problem's KKT system; return its theta part."""
         start = time.perf_counter()
-        x = np.asarray(solution.x, dtype=np.float64)
-        n = x.size
-        parts, theta = theta_tensors(solution.theta, requires_grad=True)
-        x_t = torch.tensor(x, requires_grad=True)
-        with torch.enable_grad():
-            h = _flat(problem.eq(x_t, theta) if hasattr(problem, "eq") else None)
-            g = _flat(problem.ineq(x_t, theta) if hasattr(problem, "ineq") else None)
-        p, q = h.numel(), g.numel()
-        g_val = g.detach().numpy()
-        active = np.flatnonzero(g_val >= -self.active_tol * max(1.0, float(np.abs(x).max(
-            initial=0.0))))
-        affine = bool(getattr(problem, "constraints_affine", False))
-
-        nu_s, lam_s = solution.info.get("nu"), solution.info.get("lam")
-        from_solver = ((p == 0 or (nu_s is not None and np.size(nu_s) == p))
-                       and (q == 0 or (lam_s is not None and np.size(lam_s) == q)))
-        with torch.enable_grad():
-            c = torch.cat([h, g[torch.as_tensor(active, dtype=torch.long)]])
-            f = problem.objective(x_t, theta).reshape(())
-            (grad_f,) = torch.autograd.grad(f, x_t, retain_graph=True)
-        m = c.numel()
-        Jc = (np.stack([pullback(c, (x_t,), e, retain_graph=True)[0].ravel()
-                        for e in np.eye(m)]) if m else np.zeros((0, n)))
-        gf = grad_f.detach().numpy().ravel()
-        if from_solver:
-            nu = np.asarray(nu_s, dtype=np.float64).ravel() if p else np.zeros(0)
-            lam = np.asarray(lam_s, dtype=np.float64).ravel() if q else np.zeros(0)
-            mu = np.concatenate([nu, lam[active]])
-            source = "solver"
-        else:
-            mu = _recover_multipliers(Jc, gf, p)
-            nu, lam = mu[:p], np.zeros(q)
-            lam[active] = mu[p:]
-            source = "recovered"
-        scale = max(1.0, float(np.abs(gf).max(initial=0.0)))
-        stationarity = float(np.abs(gf + Jc.T @ mu).max(initial=0.0)) if n else 0.0
-        if stationarity > _KKT_TOL * scale or np.any(mu[p:] < -_KKT_TOL * scale):
-            warnings.warn(
-                f"implicit: x* is not a KKT point of the declared constraints "
-                f"(||grad f + A^T mu||_inf = {stationarity:.1e}, min multiplier of an active "
-                f"inequality {mu[p:].min(initial=0.0):.1e}); the gradient is unreliable. "
-                "Solve more accurately, or check that objective/eq/ineq match the solver's "
-                "problem", ConvergenceWarning, stacklevel=3)
-        weak = active[lam[active] <= self.multiplier_tol * scale]
-        mu_used = np.zeros(m) if affine else mu
-
-        mu_t = torch.tensor(mu_used, requires_grad=True)
-        with torch.enable_grad():
-            lagrangian = f + (mu_t * c).sum() if m else f
-            (grad_l,) = torch.autograd.grad(lagrangian, x_t, create_graph=True)
-            K = torch.cat([grad_l.reshape(-1), c.reshape(-1)])
-        unknowns = (x_t, mu_t)
-
-        def matvec(w):  # the KKT matrix is symmetric: K^T w = K w
-            gx, gm = pullback(K, unknowns, w, retain_graph=True)
-            return np.concatenate([gx.ravel(), gm.ravel()])
-
+        system = kkt.system(solution, active_tol=self.active_tol,
+                            multiplier_tol=self.multiplier_tol)
+        n, size = system.n_x, system.size
         method = self.linear_solver
         if method == "auto":
-            method = "direct" if n + m <= _DIRECT_MAX else "minres"
+            method = "direct" if size <= _DIRECT_MAX else "minres"
         elif method == "cg":        # K is indefinite: MINRES, with the same budget
             method = "minres"
         if self.pinv:
             method = "direct"
-        b = np.concatenate([np.asarray(v, dtype=np.float64).ravel(), np.zeros(m)])
+        b = np.concatenate([np.asarray(v, dtype=np.float64).ravel(), np.zeros(size - n)])
         x0 = None
-        if warm_start is not None and np.size(warm_start) == n + m:
+        if warm_start is not None and np.size(warm_start) == size:
             x0 = np.asarray(warm_start, np.float64).ravel()
-        matrix = (np.column_stack([matvec(e) for e in np.eye(n + m)])
+        matrix = (np.column_stack([system.matvec(e) for e in np.eye(size)])
                   if method == "direct" else None)
-        uw, linfo = self._solve(matvec, b, method, x0, matrix=matrix, n_x=n)
-        grad = like_structure(pullback(K, parts, -uw), solution.theta)
+        uw, linfo = self._solve(system.matvec, b, method, x0, matrix=matrix, n_x=n)
+        grad = like_structure(system.theta_vjp(-uw), solution.theta)
         info = {"iterations": linfo["iterations"], "residual": linfo["residual"],
                 "linear_solver": "pinv" if self.pinv else method, "hvp": "autograd",
-                "warm_start": uw, "time": time.perf_counter() - start,
-                "active": active, "nu": nu, "lam": lam, "multipliers":
-                "not needed" if (affine and source == "recovered" and q == 0) else source,
-                "stationarity": stationarity, "one_sided": bool(weak.size),
-                "weakly_active": weak, "kkt_size": n + m}
+                "warm_start": uw, "time": time.perf_counter() - start, **system.info,
+                "kkt_size": size}
         return grad, info
-
-
-def _flat(t):
-    """Return a constraint map's value as a 1-D tensor (empty for None)."""
-    if t is None:
-        return torch.zeros(0, dtype=torch.float64)
-    return t.reshape(-1)
-
-
-def _recover_multipliers(J, grad_f, p):
-    """``argmin ||grad_f + J^T mu||`` with ``mu[p:] >= 0`` (inequality multipliers)."""
-    m = J.shape[0]
-    if m == 0:
-        return np.zeros(0)
-    if m == p:
-        return np.linalg.lstsq(J.T, -grad_f, rcond=None)[0]
-    from scipy.optimize import lsq_linear
-
-    lower = np.concatenate([np.full(p, -np.inf), np.zeros(m - p)])
-    result = lsq_linear(J.T, -grad_f, bounds=(lower, np.full(m, np.inf)), method="bvls",
-                        tol=1e-14)
-    return result.x

@@ -15,8 +15,8 @@ The cost is one factorization of the ``k x k`` restricted Hessian, ``k = dim M``
 
 References
 ----------
-Ochs, "Differentiating non-smooth (minimisation or) saddle point problems", lecture notes
-(``../shared/papers/ochs-differentiating-nonsmooth-solution-maps.txt``).
+Ochs, "Towards differentiation of solution mappings of non-smooth optimization problems",
+lecture notes, 2021.
 Vaiter, Deledalle, Peyre, Fadili, Dossal, "The degrees of freedom of partly smooth
 regularizers", Ann. Inst. Stat. Math. 2017.
 Lewis, "Active sets, nonsmoothness, and sensitivity", SIAM J. Optim. 2002.
@@ -32,7 +32,7 @@ import numpy as np
 
 from bilevel._registry import check_applicable, register_strategy
 from bilevel._types import DegeneracyWarning, as_tuple, like_structure
-from bilevel.strategies.base import Strategy, warn_if_unconverged
+from bilevel.strategies.base import Strategy, kernel_vjp_batch, warn_if_unconverged
 
 __all__ = ["PartialSmoothness"]
 
@@ -77,7 +77,7 @@ class PartialSmoothness(Strategy):
     def _manifold(self, problem, solution):
         check_applicable(self, problem)
         warn_if_unconverged(self, solution)
-        manifold = problem.manifold(solution)
+        manifold = problem.capabilities.manifold(solution)
         if manifold.margin <= self.margin_tol:
             where = manifold.info.get("margin_index")
             warnings.warn(
@@ -109,3 +109,12 @@ class PartialSmoothness(Strategy):
         parts = tuple(np.asarray(d, dtype=np.float64) for d in as_tuple(dtheta))
         dz = -manifold.solve(manifold.theta_jvp(parts), pinv=self.pinv)
         return manifold.lift(dz).reshape(solution.x.shape), self._info(manifold, start)
+
+    def batch_kernel(self, problem):
+        """Return the problem's batched manifold VJP (``batch.manifold_vjp``), if any."""
+        batch = problem.capabilities.batch
+        return None if batch is None else batch.manifold_vjp
+
+    def vjp_batch(self, problem, batch, V):
+        """Every row on its manifold by the batched kernel (with ``pinv``), or row by row."""
+        return kernel_vjp_batch(self, problem, batch, V, self.margin_tol, self.pinv)

@@ -13,6 +13,7 @@ Shaban et al., "Truncated Back-propagation for Bilevel Optimization", AISTATS 20
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,8 +21,8 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
-from bilevel._types import as_tuple, like_structure
-from bilevel.strategies.base import Strategy, step_hooks, theta_tensors
+from bilevel._types import ConvergenceWarning, as_tuple, like_structure
+from bilevel.strategies.base import Strategy, theta_tensors
 
 __all__ = ["Unroll"]
 
@@ -29,70 +30,147 @@ __all__ = ["Unroll"]
 @register_strategy
 @dataclass(frozen=True)
 class Unroll(Strategy):
-    """Backpropagate through ``n_steps`` replayed steps of the problem's ``step`` map.
+    """Backpropagate through replayed steps of the problem's step map (:class:`~bilevel.StepMap`).
+
+    The VJP of the ``n``-th iterate, ``(dx_n/dtheta)^T v``, misses the tail of a Neumann
+    series whose size the backward pass measures: the adjoint that reaches the start,
+    ``lambda_0 = (d x_n / d z_0)^T v``. The replay is converged when both the iterate and
+    this adjoint are, ``||x_n - x*|| <= tol max(||x*||, ||x_0||)`` and
+    ``||lambda_0|| <= tol ||v||`` (an iterate can reach ``x*`` in a few steps, a projection
+    in one, long before its derivative does).
 
     Parameters
     ----------
-    n_steps : int
-        Steps replayed from ``start``.
+    n_steps : int, optional
+        Steps replayed from ``start``. None (default): replay until converged in the sense
+        above, doubling the steps, at most ``max_steps`` (then a
+        :class:`~bilevel.ConvergenceWarning` names the cap). A fixed ``n_steps`` that ends
+        unconverged warns with the distance and the adjoint residual: the VJP is that of
+        ``x_n``, not of ``x*``.
+    tol : float
+        Relative tolerance of the iterate's distance to ``x*`` and of the adjoint residual.
+    max_steps : int
+        Cap of the adaptive replay (``n_steps=None``).
     truncate : int, optional
         Differentiate only the last ``truncate`` steps (the earlier ones run without a
-        graph); None differentiates all.
+        graph; the adjoint residual is then the truncation's bias, reported, by design not
+        warned about); None differentiates all.
     start : {"init", "solution"}
-        "init" replays from the problem's default starting point (classic unrolling);
-        "solution" from ``x*``, which makes the result a truncated Neumann series.
+        "init" replays from the problem's starting point (classic unrolling); "solution"
+        from ``x*``, which makes the result a truncated Neumann series (it needs
+        ``n_steps``, its number of terms).
 
     Notes
     -----
     Memory grows linearly with the differentiated steps (the autograd graph); ``info``
-    reports ``iterations`` and ``residual = ||x_n - x*|| / ||x*||``. A problem whose
-    iteration carries more than ``x`` (a primal-dual pair) steps a state ``z`` and reads
-    ``x`` off it (:func:`~bilevel.strategies.base.step_hooks`).
+    reports ``iterations``, ``residual`` (the adjoint residual ``||lambda_0|| / ||v||``)
+    and ``distance`` (``||x_n - x*|| / max(||x*||, ||x_0||)``). A problem whose iteration
+    carries more than ``x`` (a primal-dual pair) steps a state ``z`` and reads ``x`` off it.
+
+    References
+    ----------
+    Domke, "Generic Methods for Optimization-Based Modeling", AISTATS 2012.
+    Shaban et al., "Truncated Back-propagation for Bilevel Optimization", AISTATS 2019.
     """
 
     name = "unroll"
     requires = frozenset({"step"})
     iterative = True
 
-    n_steps: int = 200
+    n_steps: int | None = None
+    tol: float = 1e-10
+    max_steps: int = 10_000
     truncate: int | None = None
     start: str = "init"
 
     def __post_init__(self):
-        if self.n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
+        if self.n_steps is not None and self.n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1 or None, got {self.n_steps}")
+        if not (self.tol > 0):
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.truncate is not None and not 1 <= self.truncate:
             raise ValueError(f"truncate must be >= 1 or None, got {self.truncate}")
         if self.start not in ("init", "solution"):
             raise ValueError(f"start must be 'init' or 'solution', got {self.start!r}")
+        if self.start == "solution" and self.n_steps is None:
+            raise ValueError("start='solution' replays from x* itself: give n_steps (the "
+                             "number of Neumann terms), or use FixedPoint")
 
     def with_budget(self, budget):
         """``budget`` replayed steps."""
         return replace(self, n_steps=int(budget))
 
     def vjp(self, problem, solution, v, warm_start=None):
-        """VJP of ``x_n(theta)`` after ``n_steps`` steps; see the class docstring."""
+        """VJP of the replayed iterate ``x_n(theta)``; see the class docstring."""
         check_applicable(self, problem)
         begin = time.perf_counter()
+        step_map = problem.capabilities.step
         parts, theta = theta_tensors(solution.theta, requires_grad=True)
-        init_state, solution_state, output = step_hooks(problem)
-        x0 = solution_state(solution) if self.start == "solution" else \
-            init_state(as_tuple(solution.theta))
-        x = torch.tensor(x0, dtype=torch.float64)
-        n_graph = self.n_steps if self.truncate is None else min(self.truncate, self.n_steps)
+        z = torch.tensor(step_map.at_solution(solution) if self.start == "solution" else
+                         step_map.start(as_tuple(solution.theta)), dtype=torch.float64)
+        x_star = torch.from_numpy(np.asarray(solution.x, dtype=np.float64))
         with torch.no_grad():
-            for _ in range(self.n_steps - n_graph):
-                x = problem.step(x, theta)
+            x_first = step_map.read(z, theta)
+        scale = max(float(torch.linalg.vector_norm(x_star)),
+                    float(torch.linalg.vector_norm(x_first)), 1e-300)
+        v_norm = float(np.linalg.norm(v))
+
+        def distance(state):
+            with torch.no_grad():
+                return float(torch.linalg.vector_norm(step_map.read(state, theta) - x_star)) \
+                    / scale
+
+        steps = 0
+        if self.truncate is not None:       # steps without a graph, then the last ones
+            total = self.n_steps if self.n_steps is not None else self._steps_to_reach(
+                step_map, z, theta, distance)
+            with torch.no_grad():
+                for _ in range(max(total - self.truncate, 0)):
+                    z = step_map.step(z, theta)
+                    steps += 1
+            graph_steps = total - steps
+        else:
+            graph_steps = self.n_steps
+        z0 = z.detach().requires_grad_()
+        z = z0
+        adaptive = graph_steps is None
+        target = None if adaptive else steps + graph_steps   # None: until x_n reaches x*
         with torch.enable_grad():
-            for _ in range(n_graph):
-                x = problem.step(x, theta)
-        with torch.enable_grad():
-            x = output(x, theta)
-        grads = pullback(x, parts, v) if x.requires_grad else \
-            tuple(np.zeros(np.shape(p)) for p in parts)
-        xn = x.detach().numpy()
-        scale = max(np.linalg.norm(solution.x), 1e-300)
-        info = {"iterations": self.n_steps, "residual": float(np.linalg.norm(xn - solution.x)
-                                                              / scale),
+            while True:
+                while steps < (self.max_steps if target is None else target):
+                    z = step_map.step(z, theta)
+                    steps += 1
+                    if target is None and distance(z) <= self.tol:
+                        break
+                x = step_map.read(z, theta)
+                *grads, lam0 = pullback(x, (*parts, z0), v, retain_graph=adaptive)
+                residual = float(np.linalg.norm(lam0)) / v_norm if v_norm else 0.0
+                converged = distance(z) <= self.tol and (residual <= self.tol
+                                                         or self.truncate is not None)
+                if not adaptive or converged or steps >= self.max_steps:
+                    break
+                target = min(2 * steps, self.max_steps)       # the derivative lags: double
+        dist = distance(z)
+        if not converged:
+            what = (f"after the cap of max_steps={self.max_steps} steps" if adaptive
+                    else f"after n_steps={steps} steps")
+            knob = "max_steps" if adaptive else "n_steps (or leave it None)"
+            warnings.warn(
+                f"unroll: the replay is not converged {what}: the iterate is {dist:.1e} "
+                f"(relative) from x* and the adjoint residual is {residual:.1e} > "
+                f"tol={self.tol:.0e}; the VJP is that of x_n, not of x*. Raise {knob}, or "
+                "use fixed_point or implicit", ConvergenceWarning, stacklevel=3)
+        info = {"iterations": steps, "residual": residual, "distance": dist,
                 "time": time.perf_counter() - begin}
-        return like_structure(grads, solution.theta), info
+        return like_structure(tuple(grads), solution.theta), info
+
+    def _steps_to_reach(self, step_map, z, theta, distance):
+        """Count the steps until the iterate is within ``tol`` of ``x*`` (no graph; capped)."""
+        with torch.no_grad():
+            for k in range(1, self.max_steps + 1):
+                z = step_map.step(z, theta)
+                if distance(z) <= self.tol:
+                    return k
+        return self.max_steps

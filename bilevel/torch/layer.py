@@ -1,21 +1,23 @@
 r"""An argmin as a torch layer: ``y = x*(theta)`` forward, the strategy's VJP backward.
 
-Array parameters may carry leading batch dimensions beyond the problem's own
-(``problem.theta_ndim``); a scalar hyperparameter is one value broadcast over the batch or
-one per batch row. Computation runs in float64 NumPy/numba on the host; the output and the
-gradients come back in the inputs' dtype and device (CPU or CUDA).
+Array parameters may carry leading batch dimensions beyond one instance's own (the
+problem's :class:`~bilevel.Batch` ``theta_ndim``, or the layer's ``theta_ndim``); a scalar
+hyperparameter is one value broadcast over the batch or one per batch row. The batch is
+solved and differentiated through :func:`bilevel.api.solve_batch` and
+:func:`bilevel.api.vjp_batch`: by the strategy's batched kernel where it has one, else row
+by row with every knob of the strategy. Computation runs in float64 NumPy/numba on the
+host; the output and the gradients come back in the inputs' dtype and device (CPU or CUDA).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 
-from bilevel._registry import check_applicable, get_strategy
-from bilevel._types import DegeneracyWarning, like_structure
+from bilevel import api
+from bilevel._registry import check_applicable, check_problem, get_strategy
 
 __all__ = ["Layer"]
 
@@ -26,13 +28,16 @@ class Layer(torch.nn.Module):
     Parameters
     ----------
     problem : Problem
-        A problem with ``theta_ndim`` (the number of dimensions of each theta part for one
-        instance, e.g. ``(1, 0)`` for a signal and a scalar).
+        Any problem: a ready one, or a user energy (``Smooth``, ``Constrained``).
     strategy : Strategy, str or None
-        The backward pass; None picks the best applicable one. Problems with a batched
-        fast path (``solve_batch``/``vjp_batch``, e.g. :class:`~bilevel.problems.TV1D`)
-        use it for the strategies in their ``batch_strategies``; otherwise each batch row
-        is solved and differentiated in turn.
+        The backward pass, with its knobs; None picks the best applicable one. Strategies
+        with a batched kernel for the problem (``analytic`` and ``partial_smoothness`` on
+        :class:`~bilevel.problems.TV1D`, ...) solve and differentiate the whole batch at
+        once; the others solve and differentiate each row in turn.
+    theta_ndim : tuple of int, optional
+        Dimensions of one instance's theta parts (``(1, 0)``: a signal and a scalar); the
+        leading dimensions beyond them are batch dimensions. Default: the problem's
+        declaration (``capabilities.batch``), else none (the tensors are one instance).
 
     Examples
     --------
@@ -46,28 +51,36 @@ class Layer(torch.nn.Module):
     tensor([1., 1., 1., 1.])
     """
 
-    def __init__(self, problem, strategy=None):
+    def __init__(self, problem, strategy=None, theta_ndim=None):
         super().__init__()
-        if not hasattr(problem, "theta_ndim"):
-            raise ValueError(f"{type(problem).__name__} has no theta_ndim: Layer needs the "
-                             "dimensions of one instance's theta parts to find batch axes")
+        check_problem(problem)
         self.problem = problem
         self.strategy = get_strategy(strategy, problem)
         check_applicable(self.strategy, problem)
+        batch = problem.capabilities.batch
+        if theta_ndim is None and batch is not None:
+            theta_ndim = batch.theta_ndim
+        if theta_ndim is not None:
+            theta_ndim = tuple(theta_ndim)
+            if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in theta_ndim):
+                raise ValueError(f"theta_ndim must hold integers >= 0, one per theta part, "
+                                 f"got {theta_ndim!r}")
+        self.theta_ndim = theta_ndim
 
     def forward(self, *theta):
         """Solve for every batch row; differentiable in every tensor of ``theta``."""
-        if len(theta) != len(self.problem.theta_ndim):
-            raise ValueError(f"{type(self.problem).__name__} takes {len(self.problem.theta_ndim)} "
-                             f"parameter tensors, got {len(theta)}")
+        if self.theta_ndim is not None and len(theta) != len(self.theta_ndim):
+            raise ValueError(f"{type(self.problem).__name__} takes {len(self.theta_ndim)} "
+                             f"parameter tensors (theta_ndim={self.theta_ndim}), "
+                             f"got {len(theta)}")
         theta = tuple(t if torch.is_tensor(t) else torch.as_tensor(t) for t in theta)
         if torch.is_grad_enabled() and any(t.requires_grad for t in theta):
             return _Argmin.apply(self, *theta)
-        return _solve(self.problem, self.strategy, theta)[0]     # no graph to record
+        return _solve(self, theta)[0]     # no graph to record
 
     def extra_repr(self):
         """Problem and strategy, for ``print(layer)``."""
-        return f"problem={self.problem!r}, strategy={self.strategy.name!r}"
+        return f"problem={self.problem!r}, strategy={self.strategy!r}"
 
 
 def _host_float64(t):
@@ -117,32 +130,23 @@ def _reduce(grad, batch, bshape, shape):
     return g.reshape(shape)
 
 
-def _solve(problem, strategy, theta):
-    """Solve every batch row: ``(output tensor, (batch, parts, bshapes, fast, Y, solutions))``."""
-    batch, size, parts, bshapes = _batch_layout(theta, problem.theta_ndim)
-    fast = (hasattr(problem, "solve_batch")
-            and strategy.name in getattr(problem, "batch_strategies", ()))
-    if fast:
-        Y = problem.solve_batch(*parts)
-        solutions = None
-    else:
-        template = tuple(parts)
-        solutions = [problem.solve(like_structure(tuple(p[b] for p in parts), template))
-                     for b in range(size)]
-        Y = np.stack([sol.x for sol in solutions])
-    out = torch.from_numpy(Y.reshape(batch + Y.shape[1:]))
+def _solve(layer, theta):
+    """Solve every batch row: ``(output tensor, (batch, bshapes, solutions))``."""
+    ndims = layer.theta_ndim if layer.theta_ndim is not None else tuple(t.ndim for t in theta)
+    batch, size, parts, bshapes = _batch_layout(theta, ndims)
+    solutions = api.solve_batch(layer.problem, parts, layer.strategy)
+    Y = solutions.x
+    out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
     ref = next((t for t in theta if t.is_floating_point()), theta[0])
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-    return out.to(dtype=dtype, device=ref.device), (batch, parts, bshapes, fast, Y, solutions)
+    return out.to(dtype=dtype, device=ref.device), (batch, bshapes, solutions)
 
 
 class _Argmin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, *theta):
-        out, (batch, parts, bshapes, fast, Y, solutions) = _solve(layer.problem, layer.strategy,
-                                                                  theta)
-        ctx.layer, ctx.fast, ctx.parts, ctx.Y, ctx.solutions = layer, fast, parts, Y, solutions
-        ctx.batch, ctx.bshapes = batch, bshapes
+        out, (batch, bshapes, solutions) = _solve(layer, theta)
+        ctx.layer, ctx.solutions, ctx.batch, ctx.bshapes = layer, solutions, batch, bshapes
         ctx.shapes = [tuple(t.shape) for t in theta]
         ctx.meta = [(t.dtype, t.device) for t in theta]
         return out
@@ -150,21 +154,9 @@ class _Argmin(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         layer = ctx.layer
-        problem, strategy = layer.problem, layer.strategy
-        V = np.ascontiguousarray(_host_float64(grad_out).reshape(ctx.Y.shape))
-        if ctx.fast:
-            grads, margins = problem.vjp_batch(*ctx.parts, ctx.Y, V)
-            tol = getattr(strategy, "margin_tol", 1e-6)
-            if np.min(margins) <= tol:
-                warnings.warn(f"{strategy.name}: {int(np.sum(margins <= tol))} of {len(margins)} "
-                              f"batch rows are degenerate (margin <= {tol:.0e}): the gradient is "
-                              "one one-sided derivative there", DegeneracyWarning, stacklevel=2)
-        else:
-            with torch.enable_grad():           # strategies may build torch graphs
-                rows = [strategy.vjp(problem, sol, V[b])[0]
-                        for b, sol in enumerate(ctx.solutions)]
-            grads = tuple(np.stack([np.asarray(r[k] if isinstance(r, tuple) else r)
-                                    for r in rows]) for k in range(len(ctx.parts)))
+        Y = ctx.solutions.x
+        V = np.ascontiguousarray(_host_float64(grad_out).reshape(Y.shape))
+        grads, _ = api.vjp_batch(layer.problem, ctx.solutions, V, layer.strategy)
         out = [None]
         for k, g in enumerate(grads):
             if not ctx.needs_input_grad[k + 1]:

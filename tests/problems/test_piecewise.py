@@ -1,9 +1,6 @@
-"""PiecewisePolynomial and ConnectedComponents: the DP against brute force, the stable
-segment costs on long signals, hat matrices against least squares, VJPs against finite
-differences and dense references, the batched layer against per-row solves, bad input."""
+"""PiecewisePolynomial and ConnectedComponents: solvers, Jacobians, batches and bad input."""
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import bilevel as bl
-from bilevel.solvers import pp_dp_batched, pp_dp_rows
+from bilevel.solvers.piecewise import pp_dp_batched, pp_dp_rows
 
 PP = bl.problems.PiecewisePolynomial
 CC = bl.problems.ConnectedComponents
@@ -186,90 +183,26 @@ def test_value_gradient_is_the_residual():
     np.testing.assert_allclose(grad, s - sol.x, atol=1e-14)
 
 
-def test_straight_through_is_the_identity_and_never_the_default():
-    prob = PP(2, 0)
-    s, v = np.array([0.0, 0.1, 3.0, 3.2]), np.array([1.0, -2.0, 0.5, 0.0])
-    np.testing.assert_array_equal(bl.vjp(prob, s, v, "straight_through"), v)
-    assert bl._registry.get_strategy(None, prob).name == "analytic"
-    assert "straight_through" not in bl._registry.applicable_strategies(bl.problems.TV1D(1))
-    with pytest.raises(bl.NotApplicable, match="straight_through"):
-        bl.vjp(bl.problems.TV1D(1), (s, 0.1), v, "straight_through")
-    # biased: the exact VJP averages within pieces
-    assert not np.allclose(bl.vjp(prob, s, v, "analytic"), v)
-
-
-def test_degenerate_partition_warns():
-    prob = PP(2, 0)
-    s = np.ones(6)                      # every split costs 0: no unique partition
-    sol = prob.solve(s)
-    assert sol.info["gap"] == 0.0 and sol.info["margin"] == 0.0
-    with pytest.warns(bl.DegeneracyWarning, match="partition"):
-        bl.vjp(prob, s, np.ones(6), "partial_smoothness")
-    layer = bl.torch.Layer(prob, "analytic")
-    y = layer(torch.ones(2, 6, dtype=torch.float64, requires_grad=True))
-    with pytest.warns(bl.DegeneracyWarning, match="2 of 2"):
-        y.sum().backward()
-
-
-# --- batches and the torch layer ------------------------------------------------------------
-
-def batch(seed=2, b=4, n=24):
-    rng = np.random.default_rng(seed)
-    S = np.repeat(rng.uniform(-8, 8, (b, 4)), n // 4, axis=1)
-    return S + 0.2 * rng.standard_normal((b, n))
-
-
 @pytest.mark.parametrize("degree", [0, 1, [0, 2, 1]])
-def test_batch_equals_a_loop_of_singles(degree):
+def test_batch_equals_a_loop_of_singles(batch, degree):
     prob = PP(3, degree)
     S = batch()
     V = np.random.default_rng(3).standard_normal(S.shape)
-    Y = prob.solve_batch(S)
-    (G,), margins = prob.vjp_batch(S, Y, V)
+    kernels = prob.capabilities.batch
+    solved = kernels.solve(S)
+    Y = solved.x
+    (G,), margins = kernels.analytic_vjp(solved, V)
     for r in range(S.shape[0]):
         sol = prob.solve(S[r])
         np.testing.assert_array_equal(Y[r], sol.x)
         np.testing.assert_allclose(G[r], bl.vjp(prob, S[r], V[r], "analytic"), atol=1e-13)
         assert margins[r] == pytest.approx(sol.info["margin"], rel=1e-12)
-    # prange kernel and its serial twin agree exactly; a fresh array recomputes the DP
+    # prange kernel and its serial twin agree exactly; a fresh solve gives the same VJP
     out_b, out_s = pp_dp_batched(S, 3, prob.degrees), pp_dp_rows(S, 3, prob.degrees)
     for a, b in zip(out_b, out_s):
         np.testing.assert_array_equal(a, b)
-    (G2,), _ = prob.vjp_batch(S.copy(), Y, V)
+    (G2,), _ = kernels.analytic_vjp(kernels.solve(S.copy()), V)
     np.testing.assert_array_equal(G2, G)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_layer_matches_per_row_vjps_and_keeps_dtype(dtype):
-    prob = PP(4, 1)
-    S = batch(n=16).reshape(2, 2, 16)
-    layer = bl.torch.Layer(prob, "analytic")
-    s_t = torch.tensor(S, dtype=dtype, requires_grad=True)
-    Y = layer(s_t)
-    assert Y.dtype == dtype and Y.shape == (2, 2, 16)
-    V = np.random.default_rng(4).standard_normal(S.shape)
-    (Y * torch.tensor(V, dtype=dtype)).sum().backward()
-    assert s_t.grad.dtype == dtype
-    tol = 1e-5 if dtype == torch.float32 else 1e-12       # float32 round trip of s and v
-    S_in = s_t.detach().double().numpy()
-    for i, j in itertools.product(range(2), range(2)):
-        np.testing.assert_allclose(Y[i, j].detach().double().numpy(),
-                                   prob.solve(S_in[i, j]).x, atol=tol * 10)
-        np.testing.assert_allclose(s_t.grad[i, j].double().numpy(),
-                                   bl.vjp(prob, S_in[i, j], V[i, j]), atol=tol)
-
-
-def test_layer_gradcheck_and_generic_paths():
-    prob = PP(3, [0, 1, 0])
-    S = torch.tensor(batch(b=2, n=12), requires_grad=True)
-    for name in ("analytic", "partial_smoothness", "finite_difference"):
-        layer = bl.torch.Layer(prob, name)
-        # torch's own central differences (eps 1e-6) through the whole layer.
-        assert torch.autograd.gradcheck(layer, (S,), eps=1e-6, atol=1e-6, rtol=1e-5), name
-    st_layer = bl.torch.Layer(prob, "straight_through")
-    V = torch.randn(2, 12, dtype=torch.float64)
-    (g,) = torch.autograd.grad(st_layer(S), S, V)
-    np.testing.assert_array_equal(g.numpy(), V.numpy())
 
 
 def test_bad_input():
@@ -315,8 +248,7 @@ def test_bad_input():
         bl.torch.Layer(CC(4))(torch.tensor([[[0.1, np.nan]]]))
 
 
-# --- connected components -------------------------------------------------------------------
-
+# --- connected components ---
 def dense_component_reference(image, levels, lo=0.0, hi=1.0, connectivity=2):
     """Labels from scipy.ndimage (independent of scikit-image), and the dense Jacobian."""
     from scipy import ndimage
@@ -365,35 +297,6 @@ def test_components_match_a_dense_reference_and_finite_differences(instance):
                      for e in np.eye(image.size)]).T
     np.testing.assert_allclose(J_fd, J, atol=1e-8)
     np.testing.assert_allclose(bl.vjp(prob, image, v, "finite_difference"), g, atol=1e-8)
-
-
-def test_components_batch_layer_and_straight_through():
-    rng = np.random.default_rng(6)
-    S = np.kron(rng.uniform(0, 1, (3, 4, 4)), np.ones((1, 4, 4))) + 0.02 * rng.standard_normal(
-        (3, 16, 16))
-    prob = CC(5)
-    V = rng.standard_normal(S.shape)
-    for dtype in (torch.float64, torch.float32):
-        layer = bl.torch.Layer(prob, "analytic")
-        s_t = torch.tensor(S, dtype=dtype, requires_grad=True)
-        Y = layer(s_t)
-        assert Y.dtype == dtype and Y.shape == S.shape
-        (Y * torch.tensor(V, dtype=dtype)).sum().backward()
-        S_in = s_t.detach().double().numpy()
-        tol = 1e-5 if dtype == torch.float32 else 1e-12
-        for r in range(3):
-            np.testing.assert_allclose(Y[r].detach().double().numpy(), prob.solve(S_in[r]).x,
-                                       atol=tol)
-            np.testing.assert_allclose(s_t.grad[r].double().numpy(),
-                                       bl.vjp(prob, S_in[r], V[r]), atol=tol)
-    s_t = torch.tensor(S[:1, :6, :6], requires_grad=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", bl.DegeneracyWarning)
-        assert torch.autograd.gradcheck(bl.torch.Layer(prob, "analytic"), (s_t,), eps=1e-7,
-                                        atol=1e-6)
-    (g,) = torch.autograd.grad(bl.torch.Layer(prob, "straight_through")(s_t), s_t,
-                               torch.ones_like(s_t))
-    np.testing.assert_array_equal(g.numpy(), 1.0)
 
 
 def test_components_margin_and_range():

@@ -1,10 +1,7 @@
-"""Projection and EntropicSimplex: forwards against closed forms, bisection and cvxpy, VJPs
-against finite differences, closed-form Jacobians and implicit differentiation, layers
-against loops."""
+"""Projection: forwards against closed forms and cvxpy, VJPs against exact Jacobians, bad input."""
 
 import numpy as np
 import pytest
-import scipy.special
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -84,7 +81,7 @@ def stable(prob, x):
     return prob.solve(x).info["margin"] > 1e-3
 
 
-# --- forward ------------------------------------------------------------------------------
+# --- forward ---
 @given(points(), st.sampled_from(SETS))
 def test_projection_matches_the_reference(instance, kind):
     x, r = instance
@@ -130,7 +127,7 @@ def test_l2_sphere_at_zero_is_degenerate():
     assert torch.all(x.grad == 0)
 
 
-# --- VJPs ---------------------------------------------------------------------------------
+# --- VJPs ---
 @given(points(), st.sampled_from(SETS))
 def test_exact_vjp_equals_closed_form_and_finite_differences(instance, kind):
     x, r = instance
@@ -192,84 +189,7 @@ def test_l1_plateau_dimensions():
         np.testing.assert_allclose(bl.vjp(prob, x, np.ones(3), "analytic"), expected)
 
 
-# --- the torch layer ----------------------------------------------------------------------
-@pytest.mark.parametrize("kind", SETS)
-def test_projection_layer_equals_a_loop_and_gradcheck(kind, rng):
-    prob = bl.problems.Projection(kind, 1.2)
-    layer = bl.torch.Layer(prob)
-    x = rng.standard_normal((3, 4, 6))
-    x_t = torch.tensor(x, requires_grad=True)
-    y = layer(x_t)
-    np.testing.assert_array_equal(y.detach().numpy(), prob.solve(x).x)
-    w = torch.tensor(rng.standard_normal(x.shape))
-    (y * w).sum().backward()
-    loop = np.array([[bl.vjp(prob, x[i, j], w.numpy()[i, j], "analytic") for j in range(4)]
-                     for i in range(3)])
-    np.testing.assert_allclose(x_t.grad.numpy(), loop, rtol=1e-15, atol=1e-15)
-    xs = x_t.detach()[:1, :2].clone().requires_grad_()
-    assert torch.autograd.gradcheck(layer, (xs,), atol=1e-6)
-
-
-def test_layers_float32_path(rng):
-    for prob in (bl.problems.Projection("simplex", 1.0), bl.problems.EntropicSimplex()):
-        layer = bl.torch.Layer(prob)
-        x = torch.tensor(rng.standard_normal((8, 5)), dtype=torch.float32, requires_grad=True)
-        y = layer(x)
-        assert y.dtype == torch.float32
-        (y[:, 0]).sum().backward()
-        assert x.grad.dtype == torch.float32
-        # Rows of the simplex sum to 1, so the gradient of any row sum is orthogonal to 1.
-        np.testing.assert_allclose(y.detach().sum(-1).numpy(), 1.0, rtol=1e-6)
-        np.testing.assert_allclose(x.grad.sum(-1).numpy(), 0.0, atol=1e-6)
-
-
-# --- EntropicSimplex ------------------------------------------------------------------------
-@given(points(max_n=8))
-def test_entropic_simplex_is_the_softmax_and_its_vjps_agree(instance):
-    z, _ = instance
-    prob = bl.problems.EntropicSimplex()
-    p = prob.solve(z).x
-    np.testing.assert_allclose(p, scipy.special.softmax(z), rtol=1e-14, atol=1e-16)
-    v = np.random.default_rng(2).standard_normal(z.size)
-    J = np.diag(p) - np.outer(p, p)
-    g = bl.vjp(prob, z, v, "analytic")
-    np.testing.assert_allclose(g, J @ v, rtol=1e-12, atol=1e-15)
-    # Implicit on the KKT residual: a dense solve (condition ~ 1/min p): 1e-9.
-    np.testing.assert_allclose(bl.vjp(prob, z, v, "implicit"), g, rtol=1e-9, atol=1e-12)
-    # Mirror-descent fixed point, contraction 1/2: the Neumann series to 1e-9.
-    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
-    np.testing.assert_allclose(bl.vjp(prob, z, v, fp), g, rtol=1e-8, atol=1e-11)
-    np.testing.assert_allclose(bl.vjp(prob, z, v, "finite_difference"), g, rtol=1e-6,
-                               atol=1e-9)
-
-
-def test_entropic_simplex_minimizes_its_energy(rng):
-    prob = bl.problems.EntropicSimplex()
-    z = rng.standard_normal(5)
-    p = prob.solve(z).x
-
-    def energy(x):
-        return float(prob.energy(torch.tensor(x), torch.tensor(z)))
-
-    others = rng.dirichlet(np.ones(5), size=200)
-    assert energy(p) <= min(energy(q) for q in others)
-    # Its value is -logsumexp(z) (the log-partition function).
-    np.testing.assert_allclose(energy(p), -scipy.special.logsumexp(z), rtol=1e-13)
-    step = prob.step(torch.tensor(p), torch.tensor(z)).numpy()
-    np.testing.assert_allclose(step, p, rtol=1e-14)         # a fixed point
-
-
-def test_entropic_layer_equals_torch_softmax(rng):
-    layer = bl.torch.Layer(bl.problems.EntropicSimplex())
-    z = torch.tensor(rng.standard_normal((4, 3, 6)), requires_grad=True)
-    z2 = z.detach().clone().requires_grad_()
-    w = torch.tensor(rng.standard_normal((4, 3, 6)))
-    (layer(z) * w).sum().backward()
-    (torch.softmax(z2, -1) * w).sum().backward()
-    np.testing.assert_allclose(z.grad.numpy(), z2.grad.numpy(), rtol=1e-12, atol=1e-15)
-
-
-# --- bad input ----------------------------------------------------------------------------
+# --- bad input ---
 def test_bad_input_raises_value_error():
     for radius in (-1.0, 0.0, float("nan"), "big"):
         with pytest.raises(ValueError, match="radius"):

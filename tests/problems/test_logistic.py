@@ -1,5 +1,6 @@
-"""L2 logistic regression: solver against scikit-learn, hypergradients against finite
-differences, the torch view against the numba kernels."""
+"""LogisticRegression (l2, l1): solvers against scikit-learn, hypergradients, the torch view."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import given
 
 import bilevel as bl
 from bilevel.datasets import load, split_standardize
-from bilevel.testing import check_vjp, logistic_instances
+from bilevel.testing import check_vjp, logistic_instances, sparse_instances
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_torch_view_agrees_with_numba(breast_cancer):
     x_t, lam_t = torch.from_numpy(sol.x), torch.tensor(0.05, dtype=torch.float64)
     residual = problem.optimality(x_t, lam_t).abs().max().item()
     assert residual <= 1e-10                          # the solver's tolerance
-    from bilevel.solvers import logistic_l2_energy
+    from bilevel.solvers.logistic import logistic_l2_energy
 
     assert problem.energy(x_t, lam_t).item() == pytest.approx(
         logistic_l2_energy(problem.X, problem.y, 0.05, sol.x), rel=1e-14)
@@ -70,19 +71,6 @@ def test_torch_view_agrees_with_numba(breast_cancer):
     np.testing.assert_allclose(problem.hessian(sol), H_torch.numpy(), rtol=1e-12, atol=1e-14)
     step = problem.step(x_t, lam_t).numpy()
     np.testing.assert_allclose(step, sol.x, atol=1e-10)   # x* is the step map's fixed point
-
-
-def test_batched_newton_matches_single(breast_cancer):
-    from bilevel.solvers import newton_logistic_l2, newton_logistic_l2_batched
-
-    problem, _ = breast_cancer
-    lams = np.array([0.01, 0.1, 1.0])
-    W, n_iter, res = newton_logistic_l2_batched(problem.X, problem.y, lams,
-                                                np.zeros((3, 30)), 1e-10, 100)
-    for i, lam in enumerate(lams):
-        w = newton_logistic_l2(problem.X, problem.y, lam, np.zeros(30), 1e-10, 100)[0]
-        np.testing.assert_allclose(W[i], w, rtol=1e-13, atol=1e-15)
-    assert np.all(res <= 1e-10)
 
 
 def test_value_gradient_matches_finite_differences(breast_cancer):
@@ -97,3 +85,26 @@ def test_value_gradient_matches_finite_differences(breast_cancer):
     assert float(grad) == pytest.approx(fd, rel=1e-6)
     assert float(grad) == pytest.approx(0.5 * problem.solve(lam).x @ problem.solve(lam).x,
                                         rel=1e-12)
+
+
+# --- the l1 penalty ---
+@given(instance=sparse_instances("logistic_l1", max_features=8))
+def test_l1_logistic_meets_kkt_and_matches_scikit_learn(instance):
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+
+    problem, lam = instance
+    sol = problem.solve(lam)
+    X, y, n = problem.design.X, problem.y, problem.y.shape[0]
+    corr = X.T @ (y / (1 + np.exp(y * (X @ sol.x)))) / n       # -grad of the data term
+    lam_v = np.broadcast_to(lam, sol.x.shape)
+    S = np.flatnonzero(sol.x)
+    # Newton-polished on the support: stationarity to round-off.
+    np.testing.assert_allclose(corr[S], lam_v[S] * np.sign(sol.x[S]), rtol=1e-9, atol=1e-13)
+    assert np.all(np.abs(np.delete(corr, S)) < np.delete(lam_v, S))
+    if np.ndim(lam) == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                   # sklearn's own deprecations
+            sk = SkLogistic(penalty="l1", C=1 / (n * float(lam)), solver="liblinear",
+                            fit_intercept=False, tol=1e-12, max_iter=100_000).fit(X, y)
+        # liblinear's stopping rule is loose relative to ours: 1e-5 of the scale.
+        np.testing.assert_allclose(sol.x, sk.coef_.ravel(), atol=1e-5 * np.abs(sol.x).max())

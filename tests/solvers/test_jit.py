@@ -29,7 +29,7 @@ def test_import_compiles_no_kernel_and_solves_compile_once():
     counts = eval(out.strip())
     assert counts["newton_logistic_l2"] == 1
     assert counts["ridge_cholesky"] == 1
-    assert counts["newton_logistic_l2_batched"] == 0        # untouched kernels stay lazy
+    assert counts["tv1d_condat"] == 0                       # untouched kernels stay lazy
 
 
 def test_warmup_compiles_every_kernel_once():

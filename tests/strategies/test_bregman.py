@@ -1,6 +1,4 @@
-"""BregmanUnroll: the mirror maps, the Bregman solvers against trusted references, the
-unrolled derivative against finite differences of the same unrolled map, and, at
-convergence, against the exact Jacobian on the support (or the TV jump set)."""
+"""BregmanUnroll: mirror maps, unrolled derivatives against FD and exact Jacobians, knobs."""
 
 import warnings
 from dataclasses import replace
@@ -28,15 +26,6 @@ def interior_point(kind, rng, shape=(4, 3)):
     if kind == "ball":
         return x / (np.linalg.norm(x, axis=1, keepdims=True) * 1.5)
     return x
-
-
-def project_simplex(v):
-    """Independent Euclidean projection onto the simplex (bisection on the threshold)."""
-    lo, hi = v.min() - 1.0, v.max()
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
-    return np.maximum(v - 0.5 * (lo + hi), 0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -70,7 +59,7 @@ def test_mirror_rejects_unknown_kinds_and_incomplete_primal_dual():
                gradient=None, forward=None, dual_kind="box")
 
 
-# --- simplex-constrained least squares ---------------------------------------------------
+# --- simplex-constrained least squares ---
 @st.composite
 def simplex_ls(draw):
     m = draw(st.integers(4, 12))
@@ -81,15 +70,6 @@ def simplex_ls(draw):
     return A, rng.standard_normal(m)
 
 
-def simplex_ls_certificate(A, b, x):
-    """KKT of min ||Ax-b||^2/2 on the simplex: g_i >= nu, equality where x_i > 0."""
-    g = A.T @ (A @ x - b)
-    support = x > 1e-9
-    nu = g[support].mean()
-    return max(abs(x.sum() - 1), -x.min(), np.abs(g[support] - nu).max(),
-               max(nu - g[~support].min(), 0) if (~support).any() else 0.0)
-
-
 def margin(A, b, x):
     """Smallest multiplier off the support and smallest entry on it (non-degeneracy)."""
     g = A.T @ (A @ x - b)
@@ -97,25 +77,6 @@ def margin(A, b, x):
     nu = g[support].mean()
     off = (g[~support] - nu).min() if (~support).any() else np.inf
     return min(off, x[support].min())
-
-
-@given(simplex_ls())
-def test_simplex_ls_solver_meets_kkt_and_slsqp(instance):
-    from scipy.optimize import minimize
-
-    A, b = instance
-    prob = bl.problems.SimplexLeastSquares(A)
-    sol = prob.solve(b)
-    assert sol.converged
-    # Exact polish on the support: KKT to round-off.
-    assert simplex_ls_certificate(A, b, sol.x) <= 1e-9
-    n = A.shape[1]
-    ref = minimize(lambda x: 0.5 * np.sum((A @ x - b) ** 2), np.full(n, 1 / n),
-                   jac=lambda x: A.T @ (A @ x - b), method="SLSQP", bounds=[(0, None)] * n,
-                   constraints={"type": "eq", "fun": lambda x: x.sum() - 1},
-                   options={"ftol": 1e-15, "maxiter": 500})
-    # SLSQP stops at ~1e-7 in x on these sizes; ours is exact.
-    np.testing.assert_allclose(sol.x, ref.x, atol=1e-6)
 
 
 @given(simplex_ls())
@@ -138,7 +99,7 @@ def test_simplex_ls_bregman_converges_to_the_exact_support_jacobian(instance):
     np.testing.assert_allclose(bl.vjp(prob, b, v, "analytic"), exact, rtol=1e-9, atol=1e-12)
 
 
-# --- finite differences of the same unrolled map ----------------------------------------
+# --- finite differences of the same unrolled map ---
 def unrolled_fd(problem, sol, v, n_steps, direction, h=1e-6):
     """Central difference of ``v . x_n(theta)`` along ``direction``, with numba's forward.
 
@@ -200,30 +161,7 @@ def test_unrolled_vjp_matches_finite_differences_of_the_unrolled_map(key):
     np.testing.assert_allclose(directional, fd, rtol=1e-6, atol=1e-8)
 
 
-# --- the primal-dual methods at convergence ---------------------------------------------
-def test_matrix_game_matches_closed_form_and_linprog():
-    from scipy.optimize import linprog
-
-    a, b, c, d = 2.0, -1.0, -1.0, 1.0
-    A = np.array([[a, b], [c, d]])
-    sol = bl.problems.MatrixGame().solve(A)
-    den = a - b - c + d
-    # The 2 x 2 closed form: each player makes the other indifferent.
-    np.testing.assert_allclose(sol.x, [(d - c) / den, (a - b) / den, (d - b) / den,
-                                       (a - c) / den], atol=1e-12)
-    rng = np.random.default_rng(5)
-    for _ in range(3):
-        A = rng.standard_normal((4, 3))
-        m, n = A.shape
-        prob = bl.problems.MatrixGame()
-        x = prob.solve(A).x[:m]
-        # Row player's LP: min t s.t. A^T x <= t, 1^T x = 1, x >= 0.
-        ref = linprog(np.r_[np.zeros(m), 1.0], A_ub=np.c_[A.T, -np.ones(n)], b_ub=np.zeros(n),
-                      A_eq=np.r_[np.ones(m), 0.0][None], b_eq=[1.0],
-                      bounds=[(0, None)] * m + [(None, None)], method="highs")
-        np.testing.assert_allclose(x, ref.x[:m], atol=1e-9)
-
-
+# --- the primal-dual methods at convergence ---
 def test_matrix_game_bregman_matches_the_equilibrium_jacobian():
     rps = np.array([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]])
     A = rps + 0.3 * np.array([[0.5, -0.2, 0.1], [0.3, 0.4, -0.6], [-0.1, 0.2, 0.3]])
@@ -269,37 +207,7 @@ def test_tv1d_primal_dual_converges_to_the_jump_set_derivative(instance):
         np.testing.assert_allclose(part, exact, rtol=1e-6, atol=1e-7 * np.abs(ref[0]).max())
 
 
-def test_segmentation_solver_meets_kkt_and_bregman_matches_the_support_jacobian():
-    rng = np.random.default_rng(0)
-    img = np.zeros((4, 5))
-    img[:, 3:] = 1.0
-    img[1:3, 1:3] = 0.5
-    noisy = img + 0.05 * rng.standard_normal(img.shape)
-    C = (noisy[..., None] - np.array([0.0, 0.5, 1.0])) ** 2
-    prob = bl.problems.MultiLabelSegmentation(mu=0.1, alpha=1.0)
-    sol = prob.solve(C)
-    X = sol.x
-    G = C + prob.gradient(torch.from_numpy(X), torch.zeros(C.shape)).numpy()
-    # Independent natural residual: X_p = P_simplex(X_p - grad_p) at every pixel.
-    worst = max(np.abs(X[i, j] - project_simplex(X[i, j] - G[i, j])).max()
-                for i in range(4) for j in range(5))
-    assert worst <= 1e-10
-    assert np.array_equal(X.argmax(axis=2), np.rint(2 * img).astype(int))
-    assert (X < 1e-9).any() and ((X > 1e-3) & (X < 1 - 1e-3)).any()   # kinks and interiors
-    v = rng.standard_normal(C.shape)
-    g, info = bl.strategies.BregmanUnroll().vjp(prob, sol, v)
-    exact = bl.vjp(prob, C, v, "analytic")
-    D = rng.standard_normal(C.shape)
-    h = 1e-5
-    fd = (np.vdot(v, prob.solve(C + h * D).x) - np.vdot(v, prob.solve(C - h * D).x)) / (2 * h)
-    # Central difference along D: O(h^2) = 1e-10, the polished solves are exact to ~1e-15.
-    np.testing.assert_allclose(np.vdot(exact, D), fd, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(g, exact, rtol=1e-6, atol=1e-8)     # k rho^k lag of the derivative
-    # Adding a constant to a pixel's costs leaves X* unchanged: the gradient sums to 0 per pixel.
-    np.testing.assert_allclose(g.sum(axis=2), 0.0, atol=1e-12)
-
-
-# --- knobs, warnings, applicability -----------------------------------------------------
+# --- knobs, warnings, applicability ---
 def test_knobs_budget_warning_and_not_applicable():
     with pytest.raises(ValueError, match="n_steps"):
         bl.strategies.BregmanUnroll(n_steps=0)
@@ -338,21 +246,7 @@ def test_tv2d_primal_dual_approaches_the_solution_and_its_derivative():
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.05
 
 
-def test_torch_layer_batches_bregman_like_per_row_analytic():
-    A = np.random.default_rng(0).standard_normal((6, 4))
-    prob = bl.problems.SimplexLeastSquares(A)
-    layer = bl.torch.Layer(prob, strategy="bregman")
-    b = torch.tensor(np.random.default_rng(1).standard_normal((2, 6)), requires_grad=True)
-    x = layer(b)
-    (x * torch.arange(4.0, dtype=torch.float64)).sum().backward()
-    for i in range(2):
-        np.testing.assert_allclose(x[i].detach().numpy(), prob.solve(b[i].detach().numpy()).x,
-                                   atol=1e-12)
-        ref = bl.vjp(prob, b[i].detach().numpy(), np.arange(4.0), "analytic")
-        # Converged Bregman replay (tol 1e-12) against the support's closed form.
-        np.testing.assert_allclose(b.grad[i].numpy(), ref, rtol=1e-6, atol=1e-9)
-
-
+# --- NNLS by the entropic mirror ---
 @given(simplex_ls())
 def test_nnls_entropic_mirror_converges_to_lawson_hanson_and_its_jacobian(instance):
     from scipy.optimize import nnls

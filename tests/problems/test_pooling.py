@@ -1,12 +1,10 @@
-"""RobustPooling: solvers against independent root finders and brute force, the analytic
-VJP against implicit differentiation and finite differences, the torch layer against a loop."""
+"""RobustPooling: solvers against root finders and brute force, VJPs, bad input."""
 
 import warnings
 
 import numpy as np
 import pytest
 import scipy.optimize
-import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -52,7 +50,7 @@ def samples(draw, max_n=25):
     return x, draw(st.floats(0.3, 3.0))
 
 
-# --- forward ------------------------------------------------------------------------------
+# --- forward ---
 @given(samples(), st.sampled_from(["pseudo_huber", "huber"]))
 def test_convex_penalties_match_brentq(instance, penalty):
     x, a = instance
@@ -137,7 +135,7 @@ def test_huber_interval_of_minimizers_returns_its_midpoint():
                                [0.5, 0.5], atol=1e-9)
 
 
-# --- VJPs ---------------------------------------------------------------------------------
+# --- VJPs ---
 def away_from_kinks(prob, x):
     """Residuals at least 1e-3 alpha from the kinks of huber / truncated quadratic."""
     y = prob.solve(x).x
@@ -204,46 +202,7 @@ def test_batched_vjp_over_leading_axes(rng):
     np.testing.assert_array_equal(g_tuple[0], g)
 
 
-# --- the torch layer ----------------------------------------------------------------------
-@pytest.mark.parametrize("penalty", PENALTIES)
-def test_layer_batch_equals_a_loop_and_gradcheck(penalty, rng):
-    prob = bl.problems.RobustPooling(penalty, 0.8)
-    layer = bl.torch.Layer(prob)
-    assert layer.strategy.name == "analytic"
-    x = rng.standard_normal((4, 5, 9))
-    x_t = torch.tensor(x, requires_grad=True)
-    y = layer(x_t)
-    assert y.shape == (4, 5) and y.dtype == torch.float64
-    np.testing.assert_array_equal(y.detach().numpy(), prob.solve(x).x)
-    w = torch.tensor(rng.standard_normal((4, 5)))
-    (y * w).sum().backward()
-    np.testing.assert_array_equal(x_t.grad.numpy(),
-                                  bl.vjp(prob, x, w.numpy(), "analytic"))
-    if penalty in ("quadratic", "pseudo_huber", "welsch"):   # smooth: torch's own FD check
-        assert torch.autograd.gradcheck(layer, (x_t.detach()[:1, :2].requires_grad_(),))
-
-
-def test_layer_float32_path(rng):
-    layer = bl.torch.Layer(bl.problems.RobustPooling("welsch", 1.0))
-    x = torch.tensor(rng.standard_normal((64, 49)), dtype=torch.float32, requires_grad=True)
-    y = layer(x)
-    assert y.dtype == torch.float32 and y.shape == (64,)
-    y.sum().backward()
-    assert x.grad.dtype == torch.float32
-    # float32 input, float64 inside: the output is the float64 solution rounded once.
-    y64 = bl.problems.RobustPooling("welsch", 1.0).solve(x.detach().double().numpy()).x
-    np.testing.assert_allclose(y.detach().numpy(), y64, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(x.grad.sum(dim=-1).numpy(), 1.0, rtol=1e-5)
-
-
-def test_layer_warns_at_a_huber_kink():
-    layer = bl.torch.Layer(bl.problems.RobustPooling("huber", 1.0))
-    x = torch.tensor([[0.0, 1.0, 2.0]], requires_grad=True)   # y = 1: |y - x_i| = alpha
-    with pytest.warns(bl.DegeneracyWarning, match="degenerate"):
-        layer(x).sum().backward()
-
-
-# --- bad input ----------------------------------------------------------------------------
+# --- bad input ---
 def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="alpha"):
         bl.problems.RobustPooling("huber", -1.0)

@@ -1,5 +1,4 @@
-"""TV2D: the primal-dual solver against 1-D TV and its KKT certificate, the blur operator,
-the primal-dual step map, Unroll / FixedPoint against finite differences, the layer."""
+"""TV2D: the solver against TV1D and its KKT conditions, blur, step map, derivatives, bad input."""
 
 import warnings
 
@@ -12,13 +11,6 @@ from hypothesis.extra.numpy import arrays
 
 import bilevel as bl
 from bilevel.solvers.tv2d import blur_apply, gaussian_kernel, tv2d_kkt_residual
-
-
-def blocks(rng, shape=(6, 6), noise=0.05):
-    img = np.zeros(shape)
-    img[1:4, 2:5] = 1.0
-    img[3:, :2] = -0.5
-    return img + noise * rng.standard_normal(shape)
 
 
 @given(signal=arrays(np.float64, st.integers(4, 12), elements=st.floats(-3, 3)),
@@ -35,7 +27,7 @@ def test_two_equal_columns_reduce_to_tv1d(signal, lam):
 
 
 @pytest.mark.parametrize("operator", ["identity", "blur"])
-def test_solution_satisfies_the_kkt_conditions(operator, rng):
+def test_solution_satisfies_the_kkt_conditions(blocks, operator, rng):
     prob = bl.problems.TV2D(operator, tol=1e-9, max_iter=100000)
     f = blocks(rng)
     sol = prob.solve((f, 0.1))
@@ -90,20 +82,21 @@ def test_blur_matches_scipy_and_is_symmetric(sigma, shape, rng):
 
 
 @pytest.mark.parametrize("operator", ["identity", "blur"])
-def test_step_map_has_the_solution_as_fixed_point(operator, rng):
+def test_step_map_has_the_solution_as_fixed_point(blocks, operator, rng):
     prob = bl.problems.TV2D(operator, tol=1e-11, max_iter=200000)
     f = blocks(rng, (5, 4))
     sol = prob.solve((f, 0.1))
-    z = prob.step_state(sol)
+    step_map = prob.capabilities.step
+    z = step_map.at_solution(sol)
     theta = (torch.from_numpy(f), torch.tensor(0.1, dtype=torch.float64))
-    z_next = prob.step(torch.from_numpy(z), theta).numpy()
+    z_next = step_map.step(torch.from_numpy(z), theta).numpy()
     # A KKT pair is a fixed point of the primal-dual map for any step sizes; 1e-11 residual.
     assert np.abs(z_next - z).max() <= 1e-9
-    np.testing.assert_array_equal(prob.step_output(torch.from_numpy(z), theta).numpy(), sol.x)
+    np.testing.assert_array_equal(step_map.read(torch.from_numpy(z), theta).numpy(), sol.x)
 
 
 @pytest.mark.parametrize("operator", ["identity", "blur"])
-def test_fixed_point_and_unroll_match_finite_differences(operator, rng):
+def test_fixed_point_and_unroll_match_finite_differences(blocks, operator, rng):
     prob = bl.problems.TV2D(operator, tol=1e-12, max_iter=400000)
     theta = (blocks(rng, (4, 5)), np.asarray(0.05))
     v = rng.standard_normal((4, 5))
@@ -116,37 +109,6 @@ def test_fixed_point_and_unroll_match_finite_differences(operator, rng):
         scale = np.abs(fd).max()
         assert np.abs(fp - fd).max() <= 1e-6 * scale
         assert np.abs(un - fd).max() <= 1e-6 * scale
-
-
-def test_unroll_error_decreases_with_steps(rng):
-    prob = bl.problems.TV2D(tol=1e-12, max_iter=200000)
-    theta = (blocks(rng, (4, 4)), np.asarray(0.1))
-    v = rng.standard_normal((4, 4))
-    exact = bl.vjp(prob, theta, v, bl.strategies.FixedPoint(tol=1e-12))[0]
-    errors = [np.abs(bl.vjp(prob, theta, v, bl.strategies.Unroll(n_steps=n))[0] - exact).max()
-              for n in (20, 100, 500)]
-    assert errors[0] > errors[1] > errors[2]
-
-
-def test_layer_batches_images_like_a_loop(rng):
-    prob = bl.problems.TV2D(tol=1e-11, max_iter=100000)
-    layer = bl.torch.Layer(prob, bl.strategies.FixedPoint())
-    F = torch.tensor(np.stack([blocks(rng, (4, 4)), blocks(rng, (4, 4))]), requires_grad=True)
-    lam = torch.tensor([0.05, 0.1], dtype=torch.float64, requires_grad=True)
-    V = torch.from_numpy(rng.standard_normal((2, 4, 4)))
-    U = layer(F, lam)
-    (U * V).sum().backward()
-    for b in range(2):
-        theta = (F[b].detach().numpy(), lam[b].detach().numpy())
-        np.testing.assert_allclose(U[b].detach().numpy(), prob.solve(theta).x, atol=1e-14)
-        g_f, g_lam = bl.vjp(prob, theta, V[b].numpy(), bl.strategies.FixedPoint())
-        np.testing.assert_allclose(F.grad[b].numpy(), g_f, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(lam.grad[b].numpy(), g_lam, rtol=1e-10, atol=1e-12)
-    with torch.no_grad():                   # no graph: the layer skips autograd.Function
-        np.testing.assert_array_equal(layer(F, lam).numpy(), U.detach().numpy())
-    out32 = layer(F.detach().float(), torch.tensor(0.1))
-    assert out32.dtype == torch.float32 and out32.shape == (2, 4, 4)
-    assert not out32.requires_grad
 
 
 def test_bad_input_names_the_argument():
@@ -170,7 +132,7 @@ def test_bad_input_names_the_argument():
         bl.problems.TV2D("blur", blur_sigma=0.0)
 
 
-def test_early_stop_warns_and_flags(rng):
+def test_early_stop_warns_and_flags(blocks, rng):
     prob = bl.problems.TV2D(tol=1e-12, max_iter=10)
     with pytest.warns(bl.ConvergenceWarning, match="raise max_iter"):
         sol = prob.solve((blocks(rng), 0.1))

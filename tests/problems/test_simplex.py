@@ -1,0 +1,155 @@
+"""SimplexLeastSquares, MultiLabelSegmentation, MatrixGame, EntropicSimplex: solvers, VJPs."""
+
+import numpy as np
+import scipy.special
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import bilevel as bl
+
+
+def project_simplex(v):
+    """Independent Euclidean projection onto the simplex (bisection on the threshold)."""
+    lo, hi = v.min() - 1.0, v.max()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
+    return np.maximum(v - 0.5 * (lo + hi), 0)
+
+
+# --- SimplexLeastSquares ---
+@st.composite
+def simplex_ls(draw):
+    m = draw(st.integers(4, 12))
+    n = draw(st.integers(2, min(m, 6)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    return A, rng.standard_normal(m)
+
+
+def simplex_ls_certificate(A, b, x):
+    """KKT of min ||Ax-b||^2/2 on the simplex: g_i >= nu, equality where x_i > 0."""
+    g = A.T @ (A @ x - b)
+    support = x > 1e-9
+    nu = g[support].mean()
+    return max(abs(x.sum() - 1), -x.min(), np.abs(g[support] - nu).max(),
+               max(nu - g[~support].min(), 0) if (~support).any() else 0.0)
+
+
+@given(simplex_ls())
+def test_simplex_ls_solver_meets_kkt_and_slsqp(instance):
+    from scipy.optimize import minimize
+
+    A, b = instance
+    prob = bl.problems.SimplexLeastSquares(A)
+    sol = prob.solve(b)
+    assert sol.converged
+    # Exact polish on the support: KKT to round-off.
+    assert simplex_ls_certificate(A, b, sol.x) <= 1e-9
+    n = A.shape[1]
+    ref = minimize(lambda x: 0.5 * np.sum((A @ x - b) ** 2), np.full(n, 1 / n),
+                   jac=lambda x: A.T @ (A @ x - b), method="SLSQP", bounds=[(0, None)] * n,
+                   constraints={"type": "eq", "fun": lambda x: x.sum() - 1},
+                   options={"ftol": 1e-15, "maxiter": 500})
+    # SLSQP stops at ~1e-7 in x on these sizes; ours is exact.
+    np.testing.assert_allclose(sol.x, ref.x, atol=1e-6)
+
+
+# --- MatrixGame ---
+def test_matrix_game_matches_closed_form_and_linprog():
+    from scipy.optimize import linprog
+
+    a, b, c, d = 2.0, -1.0, -1.0, 1.0
+    A = np.array([[a, b], [c, d]])
+    sol = bl.problems.MatrixGame().solve(A)
+    den = a - b - c + d
+    # The 2 x 2 closed form: each player makes the other indifferent.
+    np.testing.assert_allclose(sol.x, [(d - c) / den, (a - b) / den, (d - b) / den,
+                                       (a - c) / den], atol=1e-12)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        A = rng.standard_normal((4, 3))
+        m, n = A.shape
+        prob = bl.problems.MatrixGame()
+        x = prob.solve(A).x[:m]
+        # Row player's LP: min t s.t. A^T x <= t, 1^T x = 1, x >= 0.
+        ref = linprog(np.r_[np.zeros(m), 1.0], A_ub=np.c_[A.T, -np.ones(n)], b_ub=np.zeros(n),
+                      A_eq=np.r_[np.ones(m), 0.0][None], b_eq=[1.0],
+                      bounds=[(0, None)] * m + [(None, None)], method="highs")
+        np.testing.assert_allclose(x, ref.x[:m], atol=1e-9)
+
+
+# --- MultiLabelSegmentation ---
+def test_segmentation_solver_meets_kkt_and_bregman_matches_the_support_jacobian():
+    rng = np.random.default_rng(0)
+    img = np.zeros((4, 5))
+    img[:, 3:] = 1.0
+    img[1:3, 1:3] = 0.5
+    noisy = img + 0.05 * rng.standard_normal(img.shape)
+    C = (noisy[..., None] - np.array([0.0, 0.5, 1.0])) ** 2
+    prob = bl.problems.MultiLabelSegmentation(mu=0.1, alpha=1.0)
+    sol = prob.solve(C)
+    X = sol.x
+    G = C + prob.gradient(torch.from_numpy(X), torch.zeros(C.shape)).numpy()
+    # Independent natural residual: X_p = P_simplex(X_p - grad_p) at every pixel.
+    worst = max(np.abs(X[i, j] - project_simplex(X[i, j] - G[i, j])).max()
+                for i in range(4) for j in range(5))
+    assert worst <= 1e-10
+    assert np.array_equal(X.argmax(axis=2), np.rint(2 * img).astype(int))
+    assert (X < 1e-9).any() and ((X > 1e-3) & (X < 1 - 1e-3)).any()   # kinks and interiors
+    v = rng.standard_normal(C.shape)
+    g, info = bl.strategies.BregmanUnroll().vjp(prob, sol, v)
+    exact = bl.vjp(prob, C, v, "analytic")
+    D = rng.standard_normal(C.shape)
+    h = 1e-5
+    fd = (np.vdot(v, prob.solve(C + h * D).x) - np.vdot(v, prob.solve(C - h * D).x)) / (2 * h)
+    # Central difference along D: O(h^2) = 1e-10, the polished solves are exact to ~1e-15.
+    np.testing.assert_allclose(np.vdot(exact, D), fd, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(g, exact, rtol=1e-6, atol=1e-8)     # k rho^k lag of the derivative
+    # Adding a constant to a pixel's costs leaves X* unchanged: the gradient sums to 0 per pixel.
+    np.testing.assert_allclose(g.sum(axis=2), 0.0, atol=1e-12)
+
+
+# --- EntropicSimplex ---
+@st.composite
+def points(draw, max_n=10):
+    n = draw(st.integers(2, max_n))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    return draw(st.floats(0.1, 4.0)) * rng.standard_normal(n), draw(st.floats(0.2, 5.0))
+
+
+@given(points(max_n=8))
+def test_entropic_simplex_is_the_softmax_and_its_vjps_agree(instance):
+    z, _ = instance
+    prob = bl.problems.EntropicSimplex()
+    p = prob.solve(z).x
+    np.testing.assert_allclose(p, scipy.special.softmax(z), rtol=1e-14, atol=1e-16)
+    v = np.random.default_rng(2).standard_normal(z.size)
+    J = np.diag(p) - np.outer(p, p)
+    g = bl.vjp(prob, z, v, "analytic")
+    np.testing.assert_allclose(g, J @ v, rtol=1e-12, atol=1e-15)
+    # Implicit on the KKT residual: a dense solve (condition ~ 1/min p): 1e-9.
+    np.testing.assert_allclose(bl.vjp(prob, z, v, "implicit"), g, rtol=1e-9, atol=1e-12)
+    # Mirror-descent fixed point, contraction 1/2: the Neumann series to 1e-9.
+    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
+    np.testing.assert_allclose(bl.vjp(prob, z, v, fp), g, rtol=1e-8, atol=1e-11)
+    np.testing.assert_allclose(bl.vjp(prob, z, v, "finite_difference"), g, rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_entropic_simplex_minimizes_its_energy(rng):
+    prob = bl.problems.EntropicSimplex()
+    z = rng.standard_normal(5)
+    p = prob.solve(z).x
+
+    def energy(x):
+        return float(prob.energy(torch.tensor(x), torch.tensor(z)))
+
+    others = rng.dirichlet(np.ones(5), size=200)
+    assert energy(p) <= min(energy(q) for q in others)
+    # Its value is -logsumexp(z) (the log-partition function).
+    np.testing.assert_allclose(energy(p), -scipy.special.logsumexp(z), rtol=1e-13)
+    step = prob.step(torch.tensor(p), torch.tensor(z)).numpy()
+    np.testing.assert_allclose(step, p, rtol=1e-14)         # a fixed point
