@@ -4,7 +4,7 @@ r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
           \quad x^*(\theta) \in \arg\min_x E(x, \theta)
 """
 
-from bilevel import losses, problems, strategies, testing, torch
+from bilevel import losses, problems, prox, strategies, testing, torch
 from bilevel._report import CompareReport
 from bilevel._types import (
     Batch,
@@ -54,6 +54,7 @@ __all__ = [
     "minimize",
     "Optimality",
     "problems",
+    "prox",
     "StepMap",
     "strategies",
     "testing",

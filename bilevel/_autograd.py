@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["envelope", "pullback"]
+__all__ = ["envelope", "pullback", "scalar_tensor"]
+
+
+def scalar_tensor(value, name):
+    """``value`` as a 0-d tensor; a ValueError naming the user's map ``name`` otherwise."""
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise ValueError(f"{name}(x, theta) must return a scalar torch tensor, got "
+                         f"{type(value).__name__} {getattr(value, 'shape', '')}".rstrip())
+    return value.reshape(())
 
 
 def pullback(output, inputs, cotangent, *, retain_graph=False):
@@ -26,8 +34,9 @@ def pullback(output, inputs, cotangent, *, retain_graph=False):
     if not output.requires_grad:        # no input enters the output
         return tuple(np.zeros(tuple(t.shape)) for t in inputs)
     w = torch.from_numpy(np.ascontiguousarray(cotangent, dtype=np.float64).reshape(output.shape))
-    grads = torch.autograd.grad((output * w).sum(), inputs, retain_graph=retain_graph,
-                                allow_unused=True)
+    with torch.enable_grad():           # the product must join the graph in any mode
+        grads = torch.autograd.grad((output * w).sum(), inputs, retain_graph=retain_graph,
+                                    allow_unused=True)
     return tuple(np.zeros(tuple(t.shape)) if g is None else g.detach().numpy()
                  for g, t in zip(grads, inputs))
 

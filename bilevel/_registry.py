@@ -21,6 +21,7 @@ __all__ = [
     "register_value_strategy",
     "requirement_sets",
     "strategy_names",
+    "why_not_applicable",
 ]
 
 STRATEGIES: dict[str, type] = {}
@@ -115,6 +116,23 @@ def applicable_strategies(problem, registry=None):
     return [n for n in strategy_names(registry) if _meets(registry[n], names)]
 
 
+def why_not_applicable(strategy, problem):
+    """Why ``strategy`` does not apply to ``problem``: the problem's reasons, or None.
+
+    The missing capabilities of the strategy's first requirement set, each with the reason
+    the problem gives for not offering it (``Capabilities.why_not``); None when the strategy
+    applies or a reason is missing.
+    """
+    caps = problem.capabilities
+    if _meets(strategy, caps.names):
+        return None
+    missing = sorted(requirement_sets(strategy)[0] - caps.names)
+    reasons = [caps.reason(name) for name in missing]
+    if any(r is None for r in reasons):
+        return None
+    return "; ".join(f"no {name}: {r}" for name, r in zip(missing, reasons))
+
+
 def check_applicable(strategy, problem):
     """Raise :class:`NotApplicable` naming what is missing and what would work."""
     check_problem(problem)
@@ -127,9 +145,10 @@ def check_applicable(strategy, problem):
     registry = (VALUE_STRATEGIES if isinstance(strategy, tuple(VALUE_STRATEGIES.values()))
                 else STRATEGIES)
     works = applicable_strategies(problem, registry)
+    why = why_not_applicable(strategy, problem)
     raise NotApplicable(
         f"strategy {strategy.name!r} needs the problem capability {needs}, which "
-        f"{problem.name!r} does not offer (it offers: "
+        f"{problem.name!r} does not offer{f' ({why})' if why else ''} (it offers: "
         f"{', '.join(sorted(names)) or 'nothing'}). "
         f"Strategies that apply: {', '.join(works) or 'none'}.", missing=missing)
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
-from bilevel._autograd import pullback
+from bilevel._autograd import pullback, scalar_tensor
 from bilevel._memory import measure_memory
 from bilevel._registry import (
     STRATEGIES,
@@ -53,9 +53,7 @@ def _loss_terms(loss, x, theta):
         x_t = torch.tensor(x, requires_grad=True)
         with torch.enable_grad():
             out = loss(x_t, like_structure(parts, theta))
-        if not (isinstance(out, torch.Tensor) and out.numel() == 1):
-            raise ValueError("loss(x, theta) must return a scalar torch tensor, "
-                             f"got {type(out).__name__} {getattr(out, 'shape', '')}")
+        out = scalar_tensor(out, "loss")
         gx, *grads = pullback(out, (x_t, *parts), np.ones(out.shape))
         value = float(out.detach())
         gtheta = like_structure(tuple(grads), theta)

@@ -78,7 +78,13 @@ def _minimize(args):
 
 
 def _list(args):
-    from bilevel._registry import applicable_strategies, problem_variants, strategy_names
+    from bilevel._registry import (
+        STRATEGIES,
+        applicable_strategies,
+        problem_variants,
+        strategy_names,
+        why_not_applicable,
+    )
 
     names = strategy_names()
     variants = problem_variants()
@@ -90,6 +96,16 @@ def _list(args):
         print(label.ljust(width) + "  ".join(cells).rstrip())
     print("\n(one row per capability set: a problem whose capabilities depend on its "
           "constructor arguments has a row per variant; Smooth offers 'step' with step_size)")
+    if args.why:
+        print("\nwhy not (the problem's reason for the capability the strategy needs):")
+        for label, problem in variants:
+            ok = set(applicable_strategies(problem))
+            missing = [n for n in names if n not in ok]
+            if missing:
+                print(f"\n{label}")
+            for n in missing:
+                why = why_not_applicable(STRATEGIES[n], problem)
+                print(f"  {n}: {why or '(no reason given)'}")
     return 0
 
 
@@ -124,6 +140,8 @@ def main(argv=None):
     p.set_defaults(func=_minimize)
 
     p = sub.add_parser("list", help="the problem x strategy applicability matrix")
+    p.add_argument("--why", action="store_true",
+                   help="print, under the table, why each '-' strategy does not apply")
     p.set_defaults(func=_list)
 
     args = parser.parse_args(argv)

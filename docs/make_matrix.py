@@ -7,7 +7,11 @@ The page is generated, never edited by hand. Run from anywhere:
 
 Rows are problem instances, one per capability set (each class's ``examples()``, as
 ``bilevel list`` prints them); a cell says whether the instance's capabilities meet one of
-the strategy's requirement sets (:func:`bilevel._registry.applicable_strategies`).
+the strategy's requirement sets (:func:`bilevel._registry.applicable_strategies`). An empty
+cell says why not: ``no [k]`` points to the k-th reason listed under its table, the
+problem's own mathematical reason (``Capabilities.why_not``, through
+:func:`bilevel._registry.why_not_applicable`) for every example of the row. A cell without
+a reason makes this script fail (exit status 2, naming the cells).
 """
 
 from __future__ import annotations
@@ -18,33 +22,79 @@ from pathlib import Path
 
 import bilevel  # noqa: F401  (registers every problem and strategy)
 from bilevel._registry import (
+    PROBLEMS,
     STRATEGIES,
     VALUE_STRATEGIES,
     applicable_strategies,
     problem_variants,
     requirement_sets,
     strategy_names,
+    why_not_applicable,
 )
 
-__all__ = ["main", "render"]
+__all__ = ["MissingReason", "main", "render"]
 
 TARGET = Path(__file__).resolve().parent / "matrix.md"
+
+
+class MissingReason(ValueError):
+    """A strategy does not apply to a problem that gives no reason why."""
+
+
+def variant_groups():
+    """``[(label, [problem, ...]), ...]``: the rows of ``problem_variants`` with their examples.
+
+    Each row holds the instance ``problem_variants`` shows, then every example of its class
+    with the row's capability set (whose reasons may differ: the l2 sphere and ball).
+    """
+    rows = []
+    for label, problem in problem_variants():
+        members = [p for _, p, _ in PROBLEMS[problem.name].examples()
+                   if p.capabilities.names == problem.capabilities.names]
+        rows.append((label, [problem, *members]))
+    return rows
 
 
 def _caps(names):
     return ", ".join(f"`{c}`" for c in sorted(names)) or "none"
 
 
-def _table(variants, registry):
+def _reasons(label, problems, strategy, missing):
+    """Return the distinct reasons the row's examples give for ``strategy``; note missing ones."""
+    out = []
+    for problem in problems:
+        why = why_not_applicable(strategy, problem)
+        if why is None:
+            missing.append(f"{label} x {strategy.name}")
+        elif why not in out:
+            out.append(why)
+    return out
+
+
+def _table(groups, registry, missing):
+    """Return the lines of one table and of the numbered reasons below it."""
     names = strategy_names(registry)
     lines = ["| problem | class | capabilities | " + " | ".join(f"`{n}`" for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
-    for label, problem in variants:
+    notes = []
+    for label, problems in groups:
+        problem = problems[0]
         ok = set(applicable_strategies(problem, registry))
+        cells = []
+        for n in names:
+            if n in ok:
+                cells.append("yes")
+                continue
+            why = _reasons(label, problems, registry[n], missing)
+            for w in why:
+                if w not in notes:
+                    notes.append(w)
+            refs = ", ".join(str(notes.index(w) + 1) for w in why)
+            cells.append(f"no [{refs}]")
         cls = type(problem)
-        cells = ["yes" if n in ok else "-" for n in names]
         lines.append(f"| `{label}` | `{cls.__module__}.{cls.__name__}` | "
                      f"{_caps(problem.capabilities.names)} | " + " | ".join(cells) + " |")
+    lines += ["", "Why not:", ""] + [f"{k}. {w}" for k, w in enumerate(notes, 1)]
     return lines
 
 
@@ -58,9 +108,20 @@ def _requirements(registry):
 
 
 def render():
-    """Return the text of ``docs/matrix.md``."""
-    variants = problem_variants()
-    applicable = sum(len(applicable_strategies(p)) for _, p in variants)
+    """Return the text of ``docs/matrix.md``; raise :class:`MissingReason` for a bare cell."""
+    groups = variant_groups()
+    missing = []
+    vjp_table = _table(groups, STRATEGIES, missing)
+    value_table = _table(groups, VALUE_STRATEGIES, missing)
+    if missing:
+        raise MissingReason(
+            f"{len(missing)} cell(s) of docs/matrix.md have no reason: "
+            f"{'; '.join(missing)}. Give each problem's Capabilities a why_not entry for "
+            "the capability the strategy needs (the mathematical reason it is not offered)")
+    counts = {}
+    for key, registry in (("vjp", STRATEGIES), ("value", VALUE_STRATEGIES)):
+        counts[key] = sum(len(applicable_strategies(p[0], registry)) for _, p in groups)
+    n_vjp, n_value = len(groups) * len(STRATEGIES), len(groups) * len(VALUE_STRATEGIES)
     lines = [
         "# Applicability matrix",
         "",
@@ -68,16 +129,18 @@ def render():
         "",
         "Which strategy applies to which problem: a strategy applies when the problem offers",
         "every capability of one of its requirement sets. A strategy that does not apply",
-        "raises `bl.NotApplicable` naming what is missing and what would work; `bl.compare`",
-        "reports it as skipped. `strategy=None` picks the first applicable strategy of a row,",
-        "left to right. A problem whose capabilities depend on its constructor arguments has",
-        "a row per variant (each class's `examples()`). The same table prints with",
-        "`bilevel list`.",
+        "raises `bl.NotApplicable` naming what is missing, why (the problem's reason), and",
+        "what would work; `bl.compare` reports it as skipped. `strategy=None` picks the first",
+        "applicable strategy of a row, left to right. A problem whose capabilities depend on",
+        "its constructor arguments has a row per variant (each class's `examples()`). A cell",
+        "`no [k]` points to the k-th reason under its table: why the problem does not offer",
+        "the capability the strategy needs (`Capabilities.why_not`), for each example of the",
+        "row. The same table prints with `bilevel list` (`--why` adds the reasons).",
         "",
-        f"{len(variants)} problem variants x {len(STRATEGIES)} strategies: {applicable} "
-        "applicable cells.",
+        f"{len(groups)} problem variants x {len(STRATEGIES)} strategies: {counts['vjp']} "
+        f"applicable cells, {n_vjp - counts['vjp']} with a reason why not.",
         "",
-        *_table(variants, STRATEGIES),
+        *vjp_table,
         "",
         "## What each strategy requires",
         "",
@@ -86,9 +149,12 @@ def render():
         "## Value strategies",
         "",
         "`bl.value_gradient` (and `bl.hypergradient`, `bl.compare` with the loss",
-        "`bl.losses.OptimalValue()`) differentiate the optimal value `p(theta) = min_x E`:",
+        "`bl.losses.OptimalValue()`) differentiate the optimal value `p(theta) = min_x E`.",
+        f"{len(groups)} problem variants x {len(VALUE_STRATEGIES)} value strategies: "
+        f"{counts['value']} applicable cells, {n_value - counts['value']} with a reason why "
+        "not.",
         "",
-        *_table(variants, VALUE_STRATEGIES),
+        *value_table,
         "",
         *_requirements(VALUE_STRATEGIES),
         "",
@@ -102,7 +168,11 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 if the file differs from the registry")
     args = parser.parse_args(argv)
-    text = render()
+    try:
+        text = render()
+    except MissingReason as exc:
+        print(f"make_matrix: error: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         current = TARGET.read_text() if TARGET.exists() else ""
         if current != text:

@@ -32,7 +32,7 @@ def test_registry_covers_every_class():
                               "constrained", "equality_constrained_ls", "qp", "nnls",
                               "simplex_ls", "segmentation", "matrix_game", "lad",
                               "linear_program", "robust_pooling", "projection",
-                              "entropic_simplex"}
+                              "entropic_simplex", "composite"}
     assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
                                "partial_smoothness", "finite_difference",
                                "straight_through", "bregman"}
@@ -178,8 +178,12 @@ def test_every_problem_class_has_examples_covering_its_variants():
     from bilevel._registry import problem_variants
 
     labels = [label for label, _ in problem_variants()]
-    assert {"tv1d-l1", "tv1d-order2", "tv1d-l2", "logistic", "logistic-l1", "smooth-tuple",
-            "smooth-no_step"} <= set(labels)
+    assert {"tv1d-l1", "tv1d-l2", "logistic", "logistic-l1", "smooth-tuple",
+            "smooth-no_step", "qp-c", "qp-tuple", "projection-l1_ball",
+            "projection-l2_sphere", "projection-linf_ball"} <= set(labels)
+    # TV1D's l1 orders share one capability set (every order has its closed form): one row,
+    # with an example of each order walked by the contract tests.
+    assert {"tv1d-order2", "tv1d-order3"} <= set(INSTANCES) and "tv1d-order2" not in labels
     assert all(PROBLEMS[name].examples() for name in PROBLEMS)
 
 
@@ -187,3 +191,80 @@ def test_old_style_capability_declaration_is_refused():
     with pytest.raises(TypeError, match="offers"):
         class OldStyle(bl.problems.Problem):
             capabilities = frozenset({"step"})
+
+
+EMPTY_CELLS = [(key, registry_name, s) for key, (p, _) in INSTANCES.items()
+               for registry_name, registry in (("vjp", STRATEGIES), ("value", VALUE_STRATEGIES))
+               for s in sorted(set(registry) - set(applicable_strategies(p, registry)))]
+
+
+@pytest.mark.parametrize("key, table, name", EMPTY_CELLS)
+def test_every_strategy_that_does_not_apply_has_the_problems_reason(key, table, name):
+    from bilevel._registry import why_not_applicable
+
+    problem, theta = INSTANCES[key]
+    strategy = (STRATEGIES if table == "vjp" else VALUE_STRATEGIES)[name]
+    why = why_not_applicable(strategy, problem)
+    assert why, f"{key}: {name} does not apply and {type(problem).__name__} gives no reason"
+    missing = sorted(requirement_sets(strategy)[0] - problem.capabilities.names)
+    assert why.startswith(f"no {missing[0]}: ")
+    assert "not implemented" not in why
+    # The reason reaches the user in NotApplicable's text.
+    sol = problem.solve(theta)
+    with pytest.raises(bl.NotApplicable) as exc:
+        if table == "vjp":
+            strategy().vjp(problem, sol, np.ones(np.shape(sol.x)))
+        else:
+            strategy().value_gradient(problem, sol)
+    assert why in str(exc.value)
+
+
+def test_why_not_explains_only_what_is_not_offered():
+    for key, (problem, _) in INSTANCES.items():
+        caps = problem.capabilities
+        assert not set(caps.why_not) & caps.names, key
+    with pytest.raises(ValueError, match="offered"):
+        bl.problems.Capabilities(energy=lambda x, t: x.sum(), why_not={"energy": "no"})
+
+
+def test_matrix_fails_loudly_on_a_cell_without_a_reason(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "make_matrix.py"
+    spec = importlib.util.spec_from_file_location("make_matrix", path)
+    make_matrix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_matrix)
+
+    class Reasonless(bl.problems.Problem):
+        name = "reasonless"
+
+        def offers(self):
+            return bl.problems.Capabilities(energy=lambda x, t: (x * x).sum())
+
+        @classmethod
+        def examples(cls):
+            return [("reasonless", cls(), np.zeros(1))]
+
+    monkeypatch.setitem(PROBLEMS, "reasonless", Reasonless)
+    with pytest.raises(make_matrix.MissingReason, match="reasonless x analytic"):
+        make_matrix.render()
+    assert make_matrix.main(["--check"]) == 2
+    assert "reasonless x partial_smoothness" in capsys.readouterr().err
+
+
+def test_list_why_prints_every_reason(capsys):
+    from bilevel._registry import problem_variants, strategy_names, why_not_applicable
+    from bilevel.cli import main
+
+    assert main(["list", "--why"]) == 0
+    out = capsys.readouterr().out
+    table, reasons = out.split("why not (")
+    assert "lasso" in table and "no manifold: " not in table
+    for label, problem in problem_variants():
+        for name in strategy_names():
+            if name not in applicable_strategies(problem):
+                why = why_not_applicable(STRATEGIES[name], problem)
+                assert f"  {name}: {why or '(no reason given)'}" in reasons, (label, name)
+    assert main(["list"]) == 0
+    assert "why not" not in capsys.readouterr().out

@@ -5,6 +5,7 @@ Each problem declares what it offers strategies as typed :class:`Capabilities`
 """
 
 from bilevel.problems.base import Capabilities, Problem
+from bilevel.problems.composite import Composite
 from bilevel.problems.custom import Constrained, Smooth
 from bilevel.problems.kkt import KKT
 from bilevel.problems.lad import LeastAbsoluteDeviation, LinearProgram
@@ -25,9 +26,9 @@ from bilevel.problems.tv import TV1D
 from bilevel.problems.tv2d import TV2D
 
 __all__ = [
-    "KKT", "NNLS", "QP", "TV1D", "TV2D", "Capabilities", "ConnectedComponents", "Constrained",
-    "ElasticNet", "EntropicSimplex", "EqualityConstrainedLS", "Lasso", "LeastAbsoluteDeviation",
-    "LinearProgram", "LogisticRegression", "MatrixGame", "MultiLabelSegmentation",
-    "PiecewisePolynomial", "Problem", "Projection", "Ridge", "RobustPooling",
-    "SimplexLeastSquares", "Smooth", "moment_matrix",
+    "KKT", "NNLS", "QP", "TV1D", "TV2D", "Capabilities", "Composite", "ConnectedComponents",
+    "Constrained", "ElasticNet", "EntropicSimplex", "EqualityConstrainedLS", "Lasso",
+    "LeastAbsoluteDeviation", "LinearProgram", "LogisticRegression", "MatrixGame",
+    "MultiLabelSegmentation", "PiecewisePolynomial", "Problem", "Projection", "Ridge",
+    "RobustPooling", "SimplexLeastSquares", "Smooth", "moment_matrix",
 ]

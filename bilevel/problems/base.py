@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Set
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 
 import numpy as np
@@ -44,7 +44,8 @@ from bilevel._types import (
 )
 from bilevel.problems.kkt import KKT
 
-__all__ = ["KKT", "Capabilities", "Problem", "check_array", "check_design", "check_nonnegative"]
+__all__ = ["CAPABILITY_NAMES", "KKT", "Capabilities", "Problem", "check_array", "check_design",
+           "check_nonnegative"]
 
 
 def check_array(value, name, *, ndim=None, shape=None):
@@ -84,7 +85,9 @@ class Capabilities(Set):
     Each field is None (not offered) or a value of its declared type (module docstring);
     ``straight_through`` is a flag. As a set it holds the offered capabilities' names
     (``"manifold" in caps``, ``sorted(caps)``, ``caps <= {...}``); ``names`` is that set as a
-    frozenset.
+    frozenset. ``why_not`` maps capabilities the instance does not offer to the mathematical
+    reason (``"optimality": "the l1 penalty is not smooth"``), which ``bilevel list`` and
+    docs/matrix.md print in the cells of the strategies that need them.
     """
 
     optimality: Optimality | None = None
@@ -97,11 +100,12 @@ class Capabilities(Set):
     analytic_vjp: Callable | None = None
     straight_through: bool = False
     batch: Batch | None = None
+    why_not: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name == "straight_through":
+            if value is None or f.name in ("straight_through", "why_not"):
                 continue
             expected = _TYPES.get(f.name)
             if expected is not None and not isinstance(value, expected):
@@ -111,12 +115,21 @@ class Capabilities(Set):
                 raise TypeError(f"capability {f.name!r} must be callable, got {value!r}")
         if not isinstance(self.straight_through, bool):
             raise TypeError("capability 'straight_through' is a bool")
+        unknown = set(self.why_not) - set(CAPABILITY_NAMES)
+        offered = set(self.why_not) & self.names
+        if unknown or offered:
+            raise ValueError(f"why_not explains capabilities not offered; got unknown "
+                             f"{sorted(unknown)} and offered {sorted(offered)}")
 
     @property
     def names(self):
         """The offered capabilities' names (a frozenset)."""
-        return frozenset(f.name for f in fields(self)
-                         if getattr(self, f.name) not in (None, False))
+        return frozenset(name for name in CAPABILITY_NAMES
+                         if getattr(self, name) not in (None, False))
+
+    def reason(self, name):
+        """Why capability ``name`` is not offered (its ``why_not`` entry), or None."""
+        return self.why_not.get(name)
 
     @classmethod
     def _from_iterable(cls, names):
@@ -130,6 +143,10 @@ class Capabilities(Set):
 
     def __len__(self):
         return len(self.names)
+
+
+CAPABILITY_NAMES = ("optimality", "step", "energy", "constraints", "manifold", "mirror",
+                    "dual", "analytic_vjp", "straight_through", "batch")
 
 
 @register_base("problem")

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from bilevel._autograd import pullback
+from bilevel._autograd import pullback, scalar_tensor
 from bilevel._registry import register_problem
 from bilevel._types import Batch, ConvergenceWarning, Optimality, StepMap, as_tuple
 from bilevel.problems.base import Capabilities, Problem, check_array
@@ -40,6 +40,42 @@ _NEAR_ACTIVE = 1e-6
 _INFEASIBLE_TOL = 1e-6
 
 
+# Why a user's energy lacks a capability (Capabilities.why_not).
+_NOT_A_SURROGATE = ("x* of a general energy is a smooth map of theta with its exact derivative "
+                    "(implicit), and x need not approximate theta (nor share its shape): no "
+                    "identity backward")
+_SMOOTH_WHY_NOT = {
+    "analytic_vjp": "a user energy has no closed-form Jacobian: its derivative is implicit "
+                    "differentiation of grad_x E (implicit)",
+    "manifold": "the energy is smooth: x* has no active manifold but the whole space, on "
+                "which partial smoothness is implicit differentiation (implicit)",
+    "mirror": "x is unconstrained: there is no constraint set for a Legendre function, and "
+              "the Euclidean Bregman step is the gradient step (step, given a step_size)",
+    "straight_through": _NOT_A_SURROGATE,
+    "dual": "a user energy declares no convex dual (joint convexity in (x, theta) is not "
+            "known): its value's gradient is the envelope theorem's grad_theta E(x*, theta) "
+            "(envelope)",
+    "constraints": "x is unconstrained: no KKT system (implicit differentiates grad_x E)",
+}
+_NO_STEP_SIZE = ("no step_size given: the gradient step x - eta grad_x E is a contraction only "
+                 "for eta < 2/L, and the Lipschitz constant L of a user energy is unknown "
+                 "(pass step_size)")
+_CONSTRAINED_WHY_NOT = {
+    "optimality": "x* is constrained: its stationarity carries the multipliers (the KKT "
+                  "system of constraints, implicit), not a residual in x alone",
+    "analytic_vjp": "user constraints have no closed-form Jacobian: implicit differentiates "
+                    "their KKT system",
+    "manifold": "partial smoothness on the active set {h = 0, g_A = 0} of user constraints "
+                "is the reduced form of the KKT system implicit solves (a curved manifold in "
+                "general, whose restricted Hessian needs the multipliers' curvature terms)",
+    "step": "a projected step needs the projection onto the user's feasible set, which has no "
+            "closed form (and an SLSQP or trust-constr iteration is no smooth map)",
+    "mirror": "no Legendre function with a closed-form mirror step is known for a user's "
+              "feasible set",
+    "straight_through": _NOT_A_SURROGATE.replace("(implicit)", "(implicit, on its KKT system)"),
+}
+
+
 def _check_theta_ndim(theta_ndim):
     """Return a user's instance dimensions, or None; a :class:`~bilevel.Batch` for the layer."""
     if theta_ndim is None:
@@ -51,6 +87,7 @@ def _check_theta_parts(theta):
     parts = as_tuple(theta)
     names = ["theta"] if len(parts) == 1 else [f"theta[{i}]" for i in range(len(parts))]
     return tuple(check_array(t, n) for t, n in zip(parts, names))
+
 
 
 @register_problem
@@ -109,10 +146,13 @@ class Smooth(Problem):
 
     def offers(self):
         """``grad_x E`` as the optimality residual, the energy; a gradient step with a step size."""
+        why_not = dict(_SMOOTH_WHY_NOT)
+        if self.step_size is None:
+            why_not["step"] = _NO_STEP_SIZE
         return Capabilities(
             optimality=Optimality(self.optimality), energy=self.energy,
             step=None if self.step_size is None else StepMap(self.step, start=self.init),
-            batch=self._batch)
+            batch=self._batch, why_not=why_not)
 
     @classmethod
     def examples(cls):
@@ -167,11 +207,7 @@ class Smooth(Problem):
     # torch maps -----------------------------------------------------------------------
     def energy(self, x, theta):
         """Evaluate the user's energy, checked to be a scalar tensor."""
-        value = self._energy(x, theta)
-        if not (isinstance(value, torch.Tensor) and value.numel() == 1):
-            raise ValueError("energy(x, theta) must return a scalar torch tensor, "
-                             f"got {type(value).__name__}")
-        return value.reshape(())
+        return scalar_tensor(self._energy(x, theta), "energy")
 
     def optimality(self, x, theta):
         """``grad_x E(x, theta)``, differentiable in x and theta."""
@@ -294,7 +330,7 @@ class Constrained(Problem):
     def offers(self):
         """Return the KKT description, the objective as the energy, the multipliers as the dual."""
         return Capabilities(constraints=self._kkt, energy=self.objective, dual=self._kkt.dual,
-                            batch=self._batch)
+                            batch=self._batch, why_not=_CONSTRAINED_WHY_NOT)
 
     @classmethod
     def examples(cls):
@@ -314,11 +350,7 @@ class Constrained(Problem):
     # torch maps -----------------------------------------------------------------------
     def objective(self, x, theta):
         """``f(x, theta)``, checked to be a scalar tensor."""
-        value = self._objective(x, theta)
-        if not (isinstance(value, torch.Tensor) and value.numel() == 1):
-            raise ValueError("objective(x, theta) must return a scalar torch tensor, "
-                             f"got {type(value).__name__}")
-        return value.reshape(())
+        return scalar_tensor(self._objective(x, theta), "objective")
 
     def eq(self, x, theta):
         """``h(x, theta)`` as a 1-D tensor."""

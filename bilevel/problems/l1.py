@@ -12,14 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bilevel._types import Manifold, SingularSystemError
+from bilevel._types import Manifold
 from bilevel.problems.base import check_nonnegative
+from bilevel.problems.manifold import restricted_solver
 
 __all__ = ["check_positive", "l1_manifold", "per_feature", "soft_threshold"]
-
-# Reciprocal condition number below which a restricted Hessian counts as singular (and,
-# relative to the largest eigenvalue, the cut-off of its pseudo-inverse).
-_RCOND_MIN = 1e-13
 
 
 def soft_threshold(z, t):
@@ -72,15 +69,8 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         margin, margin_index = np.inf, -1
     k = support.size
     H = hessian(support) if k else np.zeros((0, 0))
-    factor, rcond = None, 1.0
-    import scipy.linalg  # lazily: keeps `import bilevel` light
-
-    if k:
-        try:
-            factor = scipy.linalg.cho_factor(H, lower=False)
-            rcond = scipy.linalg.lapack.dpocon(factor[0], np.abs(H).sum(axis=0).max())[0]
-        except np.linalg.LinAlgError:
-            rcond = 0.0
+    solve = restricted_solver(H, f"the support ({k} features, collinear active features)",
+                              remedy)
 
     def restrict(v):
         return np.asarray(v, dtype=np.float64).ravel()[support]
@@ -89,20 +79,6 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         out = np.zeros(p)
         out[support] = z
         return out
-
-    def solve(b, pinv=False):
-        if not k:
-            return np.zeros(0)
-        if rcond > _RCOND_MIN:
-            return scipy.linalg.cho_solve(factor, b)
-        if not pinv:
-            raise SingularSystemError(
-                f"the Hessian restricted to the support ({k} features) is singular "
-                f"(reciprocal condition {rcond:.1e}): restricted positive definiteness fails "
-                "and x* is not unique (collinear active features). If the upper loss sees x* "
-                "only through predictions X x* with the same column dependencies, "
-                "PartialSmoothness(pinv=True) gives its exact gradient. " + remedy)
-        return scipy.linalg.pinvh(H, atol=0.0, rtol=_RCOND_MIN) @ b
 
     return Manifold(
         kind="support", dim=k, margin=margin, restrict=restrict, lift=lift, solve=solve,

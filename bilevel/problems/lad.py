@@ -19,11 +19,48 @@ import torch
 from bilevel._registry import register_problem
 from bilevel._types import Batch, Dual, as_tuple
 from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.kkt import KKT
 
 __all__ = ["LeastAbsoluteDeviation", "LinearProgram"]
 
 # Residuals below this (relative to max(1, |u|_inf)) count as interpolated rows.
 _ZERO_TOL = 1e-9
+
+_LAD_WHY_NOT = {
+    "manifold": "at a vertex the active manifold {x : A_Z x = u_Z} is a point that moves with "
+                "u (an affine manifold whose offset depends on theta, which Manifold does not "
+                "describe); analytic differentiates it: dx*/du = A_Z^{-1}",
+    "optimality": "||A x - u||_1 is not differentiable where residuals vanish (n of them do at "
+                  "x*) and not strongly convex: no optimality residual; the linear program's "
+                  "KKT system lives in (x, t), not in x",
+    "step": "no step map in x alone: the prox of ||A x - u||_1 has no closed form (A is not "
+            "orthogonal) and a subgradient step has no fixed point; first-order methods reach "
+            "the vertex only through a dual variable (a primal-dual state (x, y))",
+    "mirror": "the energy is linear in x on each piece, with no smooth part for a Bregman "
+              "proximal-gradient step; a primal-dual method carries the dual y (a box mirror "
+              "on |y| <= 1), whose convergence on a linear saddle point is guaranteed only "
+              "ergodically (Chambolle and Pock 2016), not for the unrolled last iterate",
+    "straight_through": "theta is u (m,) and x* the fit (n < m): no identity backward",
+    "energy": "||A x - u||_1 has no gradient in u where a residual vanishes (at x*, n do): the "
+              "envelope theorem does not give the value's gradient; the dual solution does "
+              "(value_function)",
+}
+_LP_WHY_NOT = {
+    "optimality": "a linear objective: stationarity c + A^T nu = lam needs the multipliers of "
+                  "A x = b and x >= 0 (the KKT system of constraints, implicit), no residual "
+                  "in x alone",
+    "manifold": "the active manifold at a vertex is the point {x_N = 0, A_B x_B = b}, which "
+                "moves with b (an affine manifold whose offset depends on theta, which "
+                "Manifold does not describe); implicit and analytic differentiate it",
+    "step": "the minimizer of a linear program is a vertex: no smooth step map (x*(b, c) is "
+            "piecewise affine in b and piecewise constant in c, and a projected gradient step "
+            "would need the projection onto {A x = b, x >= 0}, itself a QP)",
+    "mirror": "the entropy's mirror step keeps x > 0 but not A x = b: no Legendre function "
+              "with a closed-form mirror step has the polyhedron {A x = b, x >= 0} as its "
+              "domain, and the linear objective has no smooth part to step on",
+    "straight_through": "x*(b, c) jumps between vertices as c moves (dx*/dc = 0 almost "
+                        "everywhere), but theta = (b, c) is not x-shaped: no identity backward",
+}
 
 
 def _linprog(c, **kwargs):
@@ -84,7 +121,7 @@ class LeastAbsoluteDeviation(Problem):
         so the envelope theorem does not give the value's gradient; the dual does.
         """
         return Capabilities(dual=self.dual, analytic_vjp=self.analytic_vjp,
-                            batch=Batch(theta_ndim=(1,)))
+                            batch=Batch(theta_ndim=(1,)), why_not=_LAD_WHY_NOT)
 
     @classmethod
     def examples(cls):
@@ -174,7 +211,10 @@ class LinearProgram(Problem):
     Solved by HiGHS (:func:`scipy.optimize.linprog`). The value ``p(b, c)`` has
     ``grad_b p = y*`` (the multipliers of ``A x = b``) and ``grad_c p = x*`` wherever
     they are unique (``dual``). At a non-degenerate basis ``B``, ``x*_B = A_B^{-1} b``:
-    ``dx*/db = A_B^{-1}`` and ``dx*/dc = 0`` (``analytic_vjp``).
+    ``dx*/db = A_B^{-1}`` and ``dx*/dc = 0`` (``analytic_vjp``). ``constraints``: the KKT
+    system of ``A x = b``, ``x >= 0`` (affine; ``Solution.info`` holds the exact
+    multipliers ``nu = -y*`` and the reduced costs ``lam = c - A^T y*``), nonsingular at a
+    non-degenerate vertex although the objective's Hessian is zero: ``implicit`` applies.
 
     Examples
     --------
@@ -190,14 +230,16 @@ class LinearProgram(Problem):
 
     def __init__(self, A):
         self.A = np.ascontiguousarray(check_array(A, "A", ndim=2))
+        self._kkt = KKT(self.objective, eq=self.eq, ineq=self.ineq, affine=True)
 
     def __repr__(self):
         return f"LinearProgram(A of shape {self.A.shape})"
 
     def offers(self):
-        """Return the multipliers (value gradient) and the basis's closed form."""
+        """Return the multipliers (value gradient), the basis's closed form, the KKT system."""
         return Capabilities(dual=self.dual, analytic_vjp=self.analytic_vjp,
-                            batch=Batch(theta_ndim=(1, 1)))
+                            constraints=self._kkt, batch=Batch(theta_ndim=(1, 1)),
+                            why_not=_LP_WHY_NOT)
 
     @classmethod
     def examples(cls):
@@ -225,7 +267,21 @@ class LinearProgram(Problem):
         scale = max(1.0, float(np.abs(c).max()))
         residual = max(float(np.abs(self.A @ x - b).max()), max(-float(reduced.min()), 0.0),
                        float(np.abs(reduced * x).max()) / scale)
-        return x, int(result.nit), residual, {"dual": y, "value": float(result.fun)}
+        return x, int(result.nit), residual, {"dual": y, "value": float(result.fun),
+                                              "nu": -y, "lam": np.maximum(reduced, 0.0)}
+
+    # torch maps -----------------------------------------------------------------------
+    def objective(self, x, theta):
+        """``c^T x``."""
+        return theta[1] @ x
+
+    def eq(self, x, theta):
+        """Return ``A x - b``."""
+        return torch.from_numpy(self.A) @ x - theta[0]
+
+    def ineq(self, x, theta):
+        """``-x`` (``x >= 0``)."""
+        return -x
 
     def dual(self, solution):
         """``(grad_b p, grad_c p) = (y*, x*)``."""

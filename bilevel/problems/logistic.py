@@ -23,6 +23,39 @@ from bilevel.problems.l1 import check_positive, l1_manifold, per_feature, soft_t
 
 __all__ = ["LogisticRegression"]
 
+# Why a penalty lacks a capability (Capabilities.why_not).
+_NOT_A_SURROGATE = ("theta is the penalty lam and x* the coefficients: x* does not approximate "
+                    "theta, and is {how} in it ({strategy}): no identity backward")
+_NOT_JOINTLY_CONVEX = ("lam multiplies {penalty}: E is not jointly convex in (x, lam), so p has "
+                       "no convex-dual gradient; the envelope theorem gives it (envelope)")
+_WHY_NOT = {
+    "l2": {"analytic_vjp": "no closed form: x*(lam) solves the nonlinear logistic equations; "
+                           "implicit with the dense Hessian is its exact derivative",
+           "manifold": "smooth, strongly convex energy: x* has no active manifold but the "
+                       "whole space, on which partial smoothness is implicit "
+                       "differentiation (implicit)",
+           "mirror": "x is unconstrained and E smooth: there is no constraint set for a "
+                     "Legendre function, and the Euclidean Bregman step is the gradient step "
+                     "(step)",
+           "straight_through": _NOT_A_SURROGATE.format(how="smooth", strategy="implicit"),
+           "dual": _NOT_JOINTLY_CONVEX.format(penalty="||x||^2 / 2"),
+           "constraints": "x is unconstrained: no KKT system (implicit differentiates "
+                          "grad_x E)"},
+    "l1": {"analytic_vjp": "no closed form: on the support, x*_S solves the nonlinear logistic "
+                           "equations (partial_smoothness differentiates them with the "
+                           "restricted Hessian)",
+           "optimality": "the l1 penalty is not smooth: no optimality residual "
+                         "(partial_smoothness differentiates its support)",
+           "mirror": "soft-thresholding, the l1 prox, is not smooth: the proximal step is no "
+                     "Bregman method with a smooth update (that would need the split "
+                     "x = x+ - x- with the entropy on each part, a different variable)",
+           "straight_through": _NOT_A_SURROGATE.format(how="piecewise smooth",
+                                                       strategy="partial_smoothness"),
+           "dual": _NOT_JOINTLY_CONVEX.format(penalty="||x||_1"),
+           "constraints": "x is unconstrained: no KKT system (the l1 penalty's kinks are "
+                          "the support manifold of partial_smoothness)"},
+}
+
 
 @register_problem
 class LogisticRegression(Problem):
@@ -92,7 +125,7 @@ class LogisticRegression(Problem):
                                   theta_vjp=self.optimality_theta_vjp) if l2 else None,
             manifold=None if l2 else self.manifold,
             step=StepMap(self.step, start=self.init), energy=self.energy,
-            batch=Batch(theta_ndim=(0,)))
+            batch=Batch(theta_ndim=(0,)), why_not=_WHY_NOT[self.penalty])
 
     @classmethod
     def examples(cls):

@@ -48,6 +48,36 @@ _TABLE_LENGTH = 512
 _TABLE_ENTRIES = 1 << 19
 
 
+# Why the piecewise maps lack a capability (Capabilities.why_not).
+_PP_WHY_NOT = {
+    "optimality": "the k-piece polynomials are a union of subspaces (one per partition), not a "
+                  "convex set: no optimality residual; h* is the projection onto the optimal "
+                  "partition's subspace (analytic, partial_smoothness)",
+    "constraints": "the k-piece polynomials are a union of subspaces, with no smooth "
+                   "constraint description (which partition holds is combinatorial)",
+    "step": "the projection onto the union of subspaces is discontinuous (its partition "
+            "jumps) and computed by the exact dynamic program: a projected step is the solve "
+            "itself, whose derivative is the partition's projector (analytic)",
+    "mirror": "the k-piece polynomials are a union of subspaces with an empty interior: no "
+              "Legendre function has it as its domain",
+    "dual": "the feasible set (a union of subspaces) is not convex: no convex dual; "
+            "p(s) = ||s - h*||^2 / 2 has the gradient s - h* by the envelope theorem "
+            "(envelope)",
+}
+_CC_WHY_NOT = {
+    "optimality": "the component map is a heuristic, not the minimizer of an energy (a mean "
+                  "over the components of the quantized image): no optimality residual; its "
+                  "derivative is the components' projector (analytic)",
+    "constraints": "no energy is minimized: no KKT system",
+    "step": "x* is not the fixed point of an iteration: it is computed directly, by labelling "
+            "the components and averaging over them",
+    "mirror": "x* is not the solution of a minimization over a set: no Bregman method",
+    "dual": "no energy is minimized: no value p(theta) and no dual",
+    "energy": "no energy is minimized (the partition is a heuristic of the paper): no optimal "
+              "value to differentiate",
+}
+
+
 def _kernel(name, parallel):
     from bilevel.solvers import piecewise
 
@@ -149,7 +179,8 @@ class PiecewisePolynomial(Problem):
                             energy=self.energy, straight_through=True,
                             batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
                                         analytic_vjp=self._vjp_batch,
-                                        manifold_vjp=self._manifold_vjp_batch))
+                                        manifold_vjp=self._manifold_vjp_batch),
+                            why_not=_PP_WHY_NOT)
 
     @classmethod
     def examples(cls):
@@ -365,7 +396,8 @@ class ConnectedComponents(Problem):
                             straight_through=True,
                             batch=Batch(theta_ndim=(2,), solve=self._solve_batch,
                                         analytic_vjp=self._vjp_batch,
-                                        manifold_vjp=self._manifold_vjp_batch))
+                                        manifold_vjp=self._manifold_vjp_batch),
+                            why_not=_CC_WHY_NOT)
 
     @classmethod
     def examples(cls):

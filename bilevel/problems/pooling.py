@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Batch, BatchSolution, Optimality
+from bilevel._types import Batch, BatchSolution, Optimality, StepMap
 from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["RobustPooling"]
 
 PENALTY_NAMES = ("quadratic", "pseudo_huber", "huber", "welsch", "truncated_quadratic")
+STARTS = ("median", "mean", "best")
 # Batches with fewer entries run serially (see bilevel.solvers.serial).
 _PARALLEL_MIN = 200_000
 
@@ -55,6 +56,14 @@ class RobustPooling(Problem):
         |F / F'| / (|y| + alpha))`` (:mod:`bilevel.solvers.pooling`).
     max_iter : int
         Newton iterations per pooled value.
+    start : {"median", "mean", "best"}
+        Where the non-convex Welsch descent starts in each row (the other penalties'
+        solution does not depend on it: unique, an interval's midpoint, or the global
+        minimum): ``"median"`` (default), ``"mean"``, or ``"best"``, which descends from
+        both and keeps per row the local minimum of lower energy (the median's on a tie),
+        as the Deep Declarative Networks experiments do (section 7). A start passed to
+        ``solve(x, init=y0)`` replaces the median (``"median"``, ``"best"``) or the mean
+        (``"mean"``).
 
     Notes
     -----
@@ -65,7 +74,9 @@ class RobustPooling(Problem):
     non-convex, a deterministic descent **started at the median** of each row (or at
     ``init``) with Newton steps where the curvature is positive and trust-region steps of
     length ``alpha`` elsewhere, then bracketed Newton/bisection: the result is a local
-    minimizer, the one the median's basin leads to, not necessarily the global one; for
+    minimizer, the one the median's basin leads to, not necessarily the global one
+    (``start="best"``: the lower of the minima the median's and the mean's basins lead
+    to, at twice the cost); for
     ``truncated_quadratic`` the exact global minimizer, by enumerating the intervals on
     which the inlier set is constant. All are exact to round-off.
 
@@ -77,7 +88,9 @@ class RobustPooling(Problem):
     Huber and the truncated quadratic are not twice differentiable at ``|y - x_i| = alpha``:
     there the VJP is one one-sided derivative, and the layer warns
     (:class:`~bilevel.DegeneracyWarning`) when a residual is within ``1e-6 alpha`` of a
-    kink (or, truncated quadratic, when two local minima tie).
+    kink (or, truncated quadratic, when two local minima tie). With ``start="best"`` the
+    Welsch pooled value jumps where the two starts' minima tie; the layer also warns
+    when their energies differ by ``1e-6`` or less (``info["gap"]`` of a single solve).
 
     Examples
     --------
@@ -86,6 +99,10 @@ class RobustPooling(Problem):
     >>> x = np.array([0.0, 0.1, -0.1, 0.2, 10.0])       # one outlier
     >>> round(float(prob.solve(x).x), 6), round(float(x.mean()), 6)
     (0.05, 2.04)
+    >>> x = np.array([-100.0, 0.0, 0.1, 0.2, 10.0, 10.5, 11.0, 30.0, 40.0])
+    >>> [round(float(bl.problems.RobustPooling("welsch", 1.0, start=s).solve(x).x), 3)
+    ...  for s in ("median", "mean", "best")]        # the mean's basin is lower here
+    [10.5, 0.1, 0.1]
 
     References
     ----------
@@ -95,7 +112,8 @@ class RobustPooling(Problem):
 
     name = "robust_pooling"
 
-    def __init__(self, penalty="pseudo_huber", alpha=1.0, tol=1e-10, max_iter=100):
+    def __init__(self, penalty="pseudo_huber", alpha=1.0, tol=1e-10, max_iter=100,
+                 start="median"):
         if penalty not in PENALTY_NAMES:
             raise ValueError(f"penalty must be one of {', '.join(PENALTY_NAMES)}, "
                              f"got {penalty!r}")
@@ -108,26 +126,54 @@ class RobustPooling(Problem):
                              "of the inlier residuals")
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+        if not (isinstance(start, str) and start in STARTS):
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}; it "
+                             "is where the welsch descent starts in each row")
         self.penalty, self.alpha = penalty, alpha
         self.tol, self.max_iter = float(tol), int(max_iter)
+        self.start = start
         self._code = PENALTY_NAMES.index(penalty)
 
     def __repr__(self):
-        return f"RobustPooling(penalty={self.penalty!r}, alpha={self.alpha})"
+        start = "" if self.start == "median" else f", start={self.start!r}"
+        return f"RobustPooling(penalty={self.penalty!r}, alpha={self.alpha}{start})"
 
     def offers(self):
-        """Return the weighted-mean closed form, ``F = sum phi'`` as optimality, the energy."""
+        """Offer the weighted-mean closed form, ``F = sum phi'``, the energy, a step map."""
+        why_not = {
+            "constraints": "the pooled value y is unconstrained: its optimality condition is "
+                           "F(y, x) = sum_i phi'(y - x_i) = 0 (optimality)",
+            "manifold": "y is a smooth function of x away from the penalty's kinks, with the "
+                        "closed-form derivative phi''(y - x_i) / sum_j phi''(y - x_j) "
+                        "(analytic); there is no non-smooth term whose manifold to follow",
+            "mirror": "y ranges over the whole real line: no constraint set for a Legendre "
+                      "function's domain; the Euclidean gradient step is the step map (step)",
+            "dual": "the pooled value is an energy minimizer with no constraint to dualize; "
+                    "its optimal value is differentiated by the envelope theorem (energy)",
+            "straight_through": "y* is continuous in x with its exact derivative (analytic): "
+                                "no discontinuity for an identity backward to bridge"}
+        step = None
+        if self.penalty == "truncated_quadratic":
+            why_not["step"] = (
+                "the truncated quadratic's global minimizer is found by enumerating the "
+                "intervals with a constant inlier set, not by a descent: a gradient step map "
+                "from any start may stop at another local minimum, and phi' jumps at "
+                "|y - x_i| = alpha (analytic and implicit differentiate the minimizer)")
+        else:
+            step = StepMap(self.step, start=self._step_start)
         return Capabilities(analytic_vjp=self.analytic_vjp,
                             optimality=Optimality(self.optimality), energy=self.energy,
+                            step=step, why_not=why_not,
                             batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
                                         analytic_vjp=self._vjp_batch))
 
     @classmethod
     def examples(cls):
-        """Rows with an outlier, residuals away from the kinks: convex and non-convex."""
+        """Rows with an outlier, residuals away from the kinks: convex, non-convex, non-smooth."""
         x = np.array([[0.0, 0.4, 3.0], [1.0, -0.5, 0.2]])
         return [("robust_pooling-pseudo_huber", cls("pseudo_huber", 1.0), x),
-                ("robust_pooling-welsch", cls("welsch", 1.0), x)]
+                ("robust_pooling-welsch", cls("welsch", 1.0), x),
+                ("robust_pooling-truncated_quadratic", cls("truncated_quadratic", 1.0), x)]
 
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)`` with ``n >= 1``, finite."""
@@ -143,19 +189,47 @@ class RobustPooling(Problem):
         return (x,)
 
     def init(self, parts):
-        """Return NaN starts, which the solver reads as each row's median (or mean).
+        """Return the starts: NaN, which the solver reads as each row's median (or mean).
 
-        Welsch starts at the median; the other penalties' minimizer does not depend on
-        the start, and their Newton iteration starts at the mean.
+        Welsch starts at the median (``start="median"``, ``"best"``) or at the row means
+        (``start="mean"``); the other penalties' minimizer does not depend on the start,
+        and their Newton iteration starts at the mean.
         """
-        return np.full(parts[0].shape[:-1], np.nan)
+        x = parts[0]
+        if self.start == "mean" and self.penalty == "welsch":
+            return x.mean(axis=-1)
+        return np.full(x.shape[:-1], np.nan)
+
+    def _pool(self, X, Y0):
+        """Pool the rows of ``X`` (b, n) from ``Y0`` (b,): ``(Y, iters, res, gap, from_mean)``.
+
+        ``start="best"`` (Welsch): a second descent from the row means, keeping per row the
+        minimum of lower energy (``from_mean`` (b,) where it is the mean's); ``gap`` (b,)
+        is the energy difference of the two minima where they differ (``inf`` where both
+        starts reach the same one, and for every other start or penalty).
+        """
+        kernel = _kernel("pool_solve", X)
+        Y, iters, res = kernel(X, self._code, self.alpha, Y0, self.max_iter)
+        gap, take = np.full(Y.shape, np.inf), np.zeros(Y.shape, dtype=bool)
+        if self.start == "best" and self.penalty == "welsch":
+            Ym, iters_m, res_m = kernel(X, self._code, self.alpha,
+                                        np.ascontiguousarray(X.mean(axis=1)), self.max_iter)
+            e, e_m = _welsch_energy(X, Y, self.alpha), _welsch_energy(X, Ym, self.alpha)
+            take = e_m < e                          # the median's minimum on a tie
+            differ = np.abs(Ym - Y) > 1e-6 * (np.abs(Y) + self.alpha)
+            gap = np.where(differ, np.abs(e_m - e), np.inf)
+            Y = np.where(take, Ym, Y)
+            iters = iters + iters_m
+            res = np.where(take, res_m, res)
+        return Y, iters, res, gap, take
 
     def _solve(self, theta, x0):
         x = theta[0] if isinstance(theta, tuple) else theta
         X = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
         Y0 = np.ascontiguousarray(np.asarray(x0, dtype=np.float64).reshape(-1))
-        Y, iters, res = _kernel("pool_solve", X)(X, self._code, self.alpha, Y0, self.max_iter)
-        return Y.reshape(x.shape[:-1]), int(iters.max()), float(res.max()), {}
+        Y, iters, res, gap, _ = self._pool(X, Y0)
+        info = {"gap": gap.reshape(x.shape[:-1])} if self.start == "best" else {}
+        return Y.reshape(x.shape[:-1]), int(iters.max()), float(res.max()), info
 
     # torch maps ---------------------------------------------------------------------
     def _phi(self, z):
@@ -192,6 +266,36 @@ class RobustPooling(Problem):
         x = theta[0] if isinstance(theta, tuple) else theta
         return torch.sum(self._dphi(y[..., None] - x), dim=-1)
 
+    def step(self, y, theta):
+        r"""Gradient step ``y+ = y - F(y, x) / L`` with ``L = n max phi''`` (torch).
+
+        ``L`` bounds ``F' = sum_i phi''(y - x_i)`` (``max phi''``: 1, or ``1 / alpha^2``
+        for Welsch), so each step moves towards the nearest zero of ``F`` in the descent
+        direction without passing it: from the solver's start the iteration stays in the
+        basin of the minimum the solver finds. Its derivative at ``y*`` gives the VJP through
+        :class:`~bilevel.strategies.FixedPoint` and ``Unroll``, independently of
+        :meth:`analytic_vjp`; it contracts by ``1 - F'(y*) / L`` per step.
+        """
+        x = theta[0] if isinstance(theta, tuple) else theta
+        curvature = 1.0 / self.alpha ** 2 if self.penalty == "welsch" else 1.0
+        return y - self.optimality(y, theta) / (x.shape[-1] * curvature)
+
+    def _step_start(self, parts):
+        """Start every row where the solver starts: the mean, or for Welsch the median.
+
+        Welsch with ``start="mean"``: the mean; ``start="best"``: per row the start whose
+        minimum the solver keeps.
+        """
+        x = parts[0]
+        median, mean = np.median(x, axis=-1), x.mean(axis=-1)
+        if self.penalty != "welsch" or self.start == "mean":
+            return mean
+        if self.start == "median":
+            return median
+        X = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        *_, from_mean = self._pool(X, np.full(X.shape[0], np.nan))
+        return np.where(from_mean.reshape(median.shape), mean, median)
+
     # structure ------------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
         """``v_r phi''(y_r - x_ri) / sum_j phi''(y_r - x_rj)`` for every pooled value ``r``."""
@@ -210,22 +314,35 @@ class RobustPooling(Problem):
 
     # batched kernels for bl.torch.Layer ------------------------------------------------
     def _solve_batch(self, X):
-        """Pool every row of ``X`` (b, n), starting at the row medians: ``Y`` (b,)."""
+        """Pool every row of ``X`` (b, n) from the starts of :meth:`init`: ``Y`` (b,)."""
         import warnings
 
         from bilevel._types import ConvergenceWarning
 
-        Y0 = np.full(X.shape[0], np.nan)         # the kernel starts at each row's median
-        Y, _, res = _kernel("pool_solve", X)(X, self._code, self.alpha, Y0, self.max_iter)
+        Y0 = np.ascontiguousarray(self.init((X,)))    # NaN: the kernel takes the median
+        Y, _, res, gap, _ = self._pool(X, Y0)
         if np.any(res > self.tol):
             warnings.warn(f"RobustPooling: {int(np.sum(res > self.tol))} of {X.shape[0]} rows "
                           f"stopped at relative residual up to {res.max():.1e} > "
                           f"tol={self.tol:.0e}; raise max_iter", ConvergenceWarning,
                           stacklevel=4)
-        return BatchSolution(x=Y, parts=(X,))
+        certificate = {"gap": gap} if self.start == "best" else {}
+        return BatchSolution(x=Y, parts=(X,), certificate=certificate)
 
     def _vjp_batch(self, batch, V):
-        """Exact VJPs of every row: ``((G (b, n),), margins (b,))``."""
+        """Exact VJPs of every row: ``((G (b, n),), margins (b,))``.
+
+        With ``start="best"`` a row's margin is also at most the energy gap between the two
+        starts' minima (a tie: the pooled value jumps there).
+        """
         X = batch.parts[0]
         G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, batch.x, V)
+        if "gap" in batch.certificate:
+            margins = np.minimum(margins, batch.certificate["gap"])
         return (G,), margins
+
+
+def _welsch_energy(X, Y, a):
+    """``sum_i 1 - exp(-(y - x_i)^2 / (2 a^2))`` of every row of ``X`` (b, n) at ``Y`` (b,)."""
+    z = (Y[:, None] - X) / a
+    return np.sum(-np.expm1(-0.5 * z * z), axis=1)

@@ -18,6 +18,11 @@ the gradient numerical differentiation gives. ``plateau="zero"`` (default) is th
 the exact Jacobian; ``plateau="tangent"`` is the unmasked Proposition 4.5 gradient
 ``I - a a^T / ||a||^2`` (the projector onto the tangent plane of ``h = 0``, ``a`` the
 minimum-norm subgradient of ``h`` at ``y``).
+
+The l2 sets, the linf ball and the simplex have smooth descriptions (``||u||^2 - r^2 <= 0``
+or ``= 0``; ``-r <= u <= r``; ``u >= 0``, ``sum u = r``) whose multipliers are known in
+closed form, so implicit differentiation of their KKT system applies; the l1 sets are
+polytopes' faces (or their union) described only by the non-smooth ``||u||_1``.
 """
 
 from __future__ import annotations
@@ -26,14 +31,57 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Batch, BatchSolution, StepMap
+from bilevel._types import Batch, BatchSolution, Dual, Manifold, Mirror, StepMap
 from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.kkt import KKT
 
 __all__ = ["Projection"]
 
 SET_NAMES = ("l2_sphere", "l2_ball", "l1_sphere", "l1_ball", "linf_ball", "simplex")
 PLATEAU = ("zero", "tangent")
 _PARALLEL_MIN = 200_000
+# Sets with a smooth constraint description (a KKT system), and those with a mirror kind
+# whose Bregman iteration converges linearly to x* (the box and the simplex entropies).
+_SMOOTH_SETS = ("l2_sphere", "l2_ball", "linf_ball", "simplex")
+_MIRROR_KINDS = {"linf_ball": "box", "simplex": "simplex"}
+# Why a set lacks a capability (Capabilities.why_not).
+_STRAIGHT_THROUGH = ("the projection is continuous (away from x = 0 on the spheres) and "
+                     "differentiable almost everywhere, with its exact Jacobian in closed form "
+                     "(analytic): the identity backward is a baseline for discontinuous maps "
+                     "(partitions, quantizers)")
+_L1_NOT_SMOOTH = ("the l1 {what} is described only by ||u||_1 {rel} r, not differentiable where "
+                  "a coordinate vanishes (x* lies on such a face): no smooth constraint for a "
+                  "KKT system nor an optimality residual (partial_smoothness differentiates "
+                  "the face)")
+_CONSTRAINED = ("x* minimizes 1/2||u - x||^2 over the set, not freely: no unconstrained "
+                "optimality residual (implicit differentiates the KKT system of constraints)")
+_NO_MIRROR = {
+    "l2_sphere": "the sphere is not convex and has an empty interior: no Legendre function "
+                 "has it as its domain, so no Bregman method solves the projection",
+    "l1_sphere": "the l1 sphere is not convex and has an empty interior: no Legendre "
+                 "function has it as its domain, so no Bregman method solves the projection",
+    "l2_ball": "the ball's Legendre function (the box entropy of the radius) has a metric "
+               "atanh(|u|)/|u| that blows up tangentially at the sphere, where every x outside "
+               "the ball projects: the Bregman iteration converges sublinearly there, and its "
+               "unrolled derivative does not reach dx*/dx in practical step counts",
+    "l1_ball": "no Legendre function on the cross-polytope ||u||_1 <= r has a closed-form "
+               "mirror step (a Bregman method would run on a lifting u = r (w+ - w-) onto a "
+               "(2n+1)-simplex, a different variable)",
+}
+
+
+def _why_not(name):
+    """Why the projection onto set ``name`` lacks a capability."""
+    reasons = {"straight_through": _STRAIGHT_THROUGH}
+    if name in _SMOOTH_SETS:
+        reasons["optimality"] = _CONSTRAINED
+    else:
+        text = _L1_NOT_SMOOTH.format(what=name.split("_")[1], rel="=" if "sphere" in name
+                                     else "<=")
+        reasons.update(optimality=text, constraints=text)
+    if name not in _MIRROR_KINDS:
+        reasons["mirror"] = _NO_MIRROR[name]
+    return reasons
 
 
 def _kernel(name, X):
@@ -93,8 +141,15 @@ class Projection(Problem):
     below ``1e-6``.
 
     Capabilities: ``analytic_vjp``, ``step`` (the projected gradient step
-    ``P_C((y + x) / 2)``, written in torch, for ``fixed_point`` and ``unroll``) and
-    ``energy`` (``1/2 ||u - x||^2``); the layer uses the batched numba kernels.
+    ``P_C((y + x) / 2)``, written in torch, for ``fixed_point`` and ``unroll``), ``energy``
+    (``1/2 ||u - x||^2``), ``manifold`` (the face ``y*`` lies on, for
+    ``partial_smoothness``), ``dual`` (``x - y*``, the gradient of ``d_C(x)^2 / 2``);
+    on the l2 sets, the linf ball and the simplex ``constraints`` (``||u||^2 - r^2 = 0``
+    or ``<= 0``, ``-r <= u <= r``, ``u >= 0`` with ``sum u = r``, over every row; the
+    multipliers, exact, in ``Solution.info["nu"]`` and ``["lam"]``) for ``implicit``; on
+    the linf ball and the simplex ``mirror`` (the box and simplex entropies) for
+    ``bregman``. ``capabilities.why_not`` gives the reasons for the others (the l1 sets
+    have no smooth description). The layer uses the batched numba kernels.
 
     Examples
     --------
@@ -123,22 +178,41 @@ class Projection(Problem):
             raise ValueError(f"plateau must be 'zero' or 'tangent', got {plateau!r}")
         self.set, self.radius, self.plateau = set, check_radius(radius), plateau
         self._code, self._plateau = SET_NAMES.index(set), PLATEAU.index(plateau)
+        self._kkt = self._constraints()
 
     def __repr__(self):
         return f"Projection(set={self.set!r}, radius={self.radius}, plateau={self.plateau!r})"
 
     def offers(self):
-        """Return the projector closed form, a projected gradient step, the energy, batches."""
-        return Capabilities(analytic_vjp=self.analytic_vjp,
-                            step=StepMap(self.step, start=self.init), energy=self.energy,
-                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
-                                        analytic_vjp=self._vjp_batch))
+        """Return the projector, a projected gradient step, E, the face, the dual, batches.
+
+        With a smooth description of the set (l2 sets, linf ball, simplex) its KKT system
+        (``constraints``); with the box or simplex entropy a Bregman method (``mirror``).
+        """
+        return Capabilities(
+            analytic_vjp=self.analytic_vjp, step=StepMap(self.step, start=self.init),
+            energy=self.energy, constraints=self._kkt, manifold=self.manifold, dual=self.dual,
+            mirror=self.mirror if self.set in _MIRROR_KINDS else None,
+            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
+                        analytic_vjp=self._vjp_batch, manifold_vjp=self._manifold_vjp_batch),
+            why_not=_why_not(self.set))
 
     @classmethod
     def examples(cls):
-        """Return the l1 ball away from its kinks (support {0, 1}, margin 0.3), an l2 sphere."""
+        """Return every set at a point away from its kinks (margins >= 0.25).
+
+        The l1 ball (support {0, 1}), the l1 sphere from inside, the l2 sphere, the l2 ball
+        on two rows (one outside, one inside), the linf ball (two clipped coordinates), the
+        simplex (support {0, 3}).
+        """
         return [("projection-l1_ball", cls("l1_ball", 1.0), np.array([1.0, 0.8, -0.1])),
-                ("projection-l2_sphere", cls("l2_sphere", 2.0), np.array([1.0, -2.0, 0.5]))]
+                ("projection-l1_sphere", cls("l1_sphere", 1.0), np.array([0.3, -0.2, 0.1])),
+                ("projection-l2_sphere", cls("l2_sphere", 2.0), np.array([1.0, -2.0, 0.5])),
+                ("projection-l2_ball", cls("l2_ball", 1.0),
+                 np.array([[1.5, -1.0, 0.5], [0.3, 0.2, -0.4]])),
+                ("projection-linf_ball", cls("linf_ball", 1.0),
+                 np.array([1.4, -0.3, -2.0, 0.6])),
+                ("projection-simplex", cls("simplex", 1.0), np.array([0.9, 0.0, -0.5, 0.6]))]
 
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)``, ``n >= 1``, finite."""
@@ -158,12 +232,60 @@ class Projection(Problem):
         return parts[0].copy()
 
     def _solve(self, theta, x0):
-        x = theta[0] if isinstance(theta, tuple) else theta
-        X = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        x = _point(theta)
+        X = _rows(x)
         Y, tau, res = _kernel("proj", X)(X, self._code, self.radius)
         _, margins = _kernel("proj_vjp", X)(X, Y, self._code, self.radius, self._plateau, X)
-        return Y.reshape(x.shape), 1, float(res.max()), {"margin": float(margins.min()),
-                                                         "tau": tau.reshape(x.shape[:-1])}
+        info = {"margin": float(margins.min()), "tau": tau.reshape(x.shape[:-1])}
+        if self._kkt is not None:
+            info.update(self._multipliers(X, tau))
+        return Y.reshape(x.shape), 1, float(res.max()), info
+
+    # the constraints capability -------------------------------------------------------
+    def _constraints(self):
+        """Return the KKT description of the set, over every row (None for the l1 sets)."""
+        if self.set == "l2_sphere":
+            return KKT(self.energy, eq=self._norm_gap)
+        if self.set == "l2_ball":
+            return KKT(self.energy, ineq=self._norm_gap)
+        if self.set == "linf_ball":
+            return KKT(self.energy, ineq=self._box, affine=True)
+        if self.set == "simplex":
+            return KKT(self.energy, eq=self._total, ineq=self._nonnegative, affine=True)
+        return None
+
+    def _norm_gap(self, u, theta):
+        """``||u||^2 - r^2`` of every row (the l2 sphere ``= 0``, the l2 ball ``<= 0``)."""
+        return (u * u).sum(dim=-1) - self.radius**2
+
+    def _box(self, u, theta):
+        """``(u - r, -u - r)`` of every row (``<= 0``: the linf ball)."""
+        return torch.cat([u - self.radius, -u - self.radius], dim=-1)
+
+    def _total(self, u, theta):
+        """``sum u - r`` of every row (the simplex's equality)."""
+        return u.sum(dim=-1) - self.radius
+
+    def _nonnegative(self, u, theta):
+        """``-u`` (the simplex's ``u >= 0``)."""
+        return -u
+
+    def _multipliers(self, X, tau):
+        """Exact multipliers ``nu`` (equalities), ``lam`` (inequalities), in the KKT's order.
+
+        From ``u - x + (d_u c)^T mu = 0``: on the l2 sets ``1 + 2 mu = ||x|| / r``; on the
+        linf ball ``lam = (x - r)_+, (-r - x)_+``; on the simplex ``nu = tau`` (the
+        threshold) and ``lam = (tau - x)_+``.
+        """
+        r, none = self.radius, np.zeros(0)
+        if self.set in ("l2_sphere", "l2_ball"):
+            mu = 0.5 * (np.linalg.norm(X, axis=1) / r - 1.0)
+            return ({"nu": mu, "lam": none} if self.set == "l2_sphere"
+                    else {"nu": none, "lam": np.maximum(mu, 0.0)})
+        if self.set == "linf_ball":
+            return {"nu": none, "lam": np.concatenate([np.maximum(X - r, 0.0),
+                                                       np.maximum(-r - X, 0.0)], axis=1).ravel()}
+        return {"nu": tau.copy(), "lam": np.maximum(tau[:, None] - X, 0.0).ravel()}
 
     def project(self, x):
         """Project ``x`` in torch (sorting for the l1 sets and the simplex), differentiably."""
@@ -199,13 +321,110 @@ class Projection(Problem):
 
     def analytic_vjp(self, solution, v):
         """``J v`` with the Jacobian of the module docstring (symmetric), row by row."""
-        x = solution.theta[0] if isinstance(solution.theta, tuple) else solution.theta
-        x = np.asarray(x, dtype=np.float64)
-        n = x.shape[-1]
-        G, _ = self._rows_vjp(np.ascontiguousarray(x.reshape(-1, n)),
-                              np.ascontiguousarray(solution.x.reshape(-1, n)),
-                              np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1, n)))
+        x = np.asarray(_point(solution.theta), dtype=np.float64)
+        G, _ = self._rows_vjp(_rows(x), _rows(solution.x), _rows(np.asarray(v, np.float64)))
         return (G[0].reshape(x.shape),)
+
+    def manifold(self, solution):
+        r"""Return the face of the set that ``y*`` lies on, in full coordinates.
+
+        Every row's ``y*`` minimizes ``1/2 ||u - x||^2`` on a manifold ``M`` near which the
+        set is smooth: the sphere (the l2 sets outside the ball), the signed support's face
+        ``{u_S = s_S |u_S|, s^T u_S = r}`` (l1 sets), the free coordinates (linf ball), the
+        support's face ``{u_{S^c} = 0, 1^T u_S = r}`` (simplex), or the whole space (inside
+        a ball). With ``P_T`` the projector onto its tangent space the restricted (Riemannian)
+        Hessian is ``(||x|| / r) P_T`` on the spheres and ``P_T`` on the flat faces, so
+        ``H_M^{-1}`` is the exact Jacobian (``plateau="zero"``): ``solve`` applies it, and
+        ``d_x grad_M E = -P_T``.
+        """
+        x = np.asarray(_point(solution.theta), dtype=np.float64)
+        X, Y = _rows(x), _rows(solution.x)
+        kernel = _kernel("proj_vjp", X)
+        _, margins = kernel(X, Y, self._code, self.radius, 0, X)
+        dims = self._face_dims(X, Y)
+
+        def solve(b, pinv=False):
+            G, _ = kernel(X, Y, self._code, self.radius, 0, _rows(np.reshape(b, x.shape)))
+            return G.ravel()
+
+        return Manifold(kind=f"face of the {self.set}", dim=int(dims.sum()),
+                        margin=float(margins.min()),
+                        restrict=lambda v: np.asarray(v, dtype=np.float64).ravel(),
+                        lift=lambda z: np.asarray(z, dtype=np.float64).reshape(x.shape),
+                        solve=solve,
+                        theta_vjp=lambda u: (-np.asarray(u, dtype=np.float64).reshape(x.shape),),
+                        theta_jvp=lambda dtheta: -np.asarray(dtheta[0], np.float64).ravel(),
+                        info={"face_dims": dims.reshape(x.shape[:-1])})
+
+    def _face_dims(self, X, Y):
+        """Dimension of each row's face (the tangent space of :meth:`manifold`)."""
+        n = X.shape[1]
+        r = self.radius
+        if self.set in ("l2_sphere", "l2_ball"):
+            inside = (np.linalg.norm(X, axis=1) <= r) & (self.set == "l2_ball")
+            return np.where(inside, n, n - 1)
+        if self.set == "linf_ball":
+            return n - np.sum(np.abs(X) > r, axis=1)
+        support = np.sum(Y != 0.0, axis=1) - 1
+        if self.set == "l1_ball":
+            return np.where(np.abs(X).sum(axis=1) <= r, n, support)
+        return support
+
+    def dual(self, solution):
+        r"""Return the value's gradient ``grad (1/2) d_C(x)^2 = x - P_C(x)`` (Moreau).
+
+        ``p(x) = min_{u in C} 1/2 ||u - x||^2`` is jointly convex in ``(u, x)`` on the convex
+        sets, and ``x - y*`` is the solution of its Fenchel dual
+        ``max_y <x, y> - ||y||^2/2 - sigma_C(y)``; on the spheres it is the gradient of
+        ``d_C^2 / 2`` wherever the projection is unique (``x != 0``).
+        """
+        x = np.asarray(_point(solution.theta), dtype=np.float64)
+        y = x - solution.x
+        return Dual(value=0.5 * float(np.sum(y * y)), gradient=y.copy(), y=y,
+                    gap=float(solution.info.get("residual", 0.0)),
+                    info={"method": "Moreau: x - P_C(x)"})
+
+    def mirror(self, solution):
+        r"""Bregman projected gradient in ``w = u / r`` (linf ball: box; simplex: entropy).
+
+        ``f(w) = 1/2 ||r w - x||^2`` over the unit box ``[-1, 1]^n`` or the unit simplex, each
+        row: ``w+ = M(w, tau r (r w - x))`` with the box mirror ``tanh(atanh(w) - g)`` or the
+        softmax update, ``tau = 1 / r^2`` (``f`` is ``r^2``-smooth relative to both
+        entropies, whose Hessians are ``>= I`` on the unit sets), from ``0`` or the
+        barycentre. Both converge linearly: clipped (or zero) coordinates reach the face
+        geometrically, the others are interior. ``u = r w``.
+        """
+        from bilevel.solvers import bregman as kernels
+
+        x = np.asarray(_point(solution.theta), dtype=np.float64)
+        r, kind = self.radius, _MIRROR_KINDS[self.set]
+        code = kernels.KIND_CODES[kind]
+        X = _rows(x)
+        w0 = np.zeros(x.shape) if kind == "box" else np.full(x.shape, 1.0 / x.shape[-1])
+
+        def forward(n_steps, tol, tau, sigma):
+            W = _rows(w0).copy()
+            D = np.arctanh(W) if kind == "box" else np.log(W)   # mirror coordinates
+            k = 0
+            while True:
+                G = r * (r * W - X)
+                residual = kernels.natural_residual(W, G, code)
+                if residual <= tol or k >= n_steps:
+                    break
+                D = D - tau * G
+                if kind == "box":
+                    W = np.tanh(D)
+                else:
+                    D = D - (D.max(axis=1, keepdims=True) + np.log(np.exp(
+                        D - D.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
+                    W = np.exp(D)
+                k += 1
+            return (W.reshape(x.shape),), k, residual
+
+        return Mirror(kind=kind, scheme="gradient", start=(w0,), step_size=1.0 / r**2,
+                      gradient=lambda w, theta: r * (r * w - _point(theta)), forward=forward,
+                      output=lambda state: r * state[0],
+                      info={"method": f"Bregman projected gradient ({kind} mirror)"})
 
     # batched kernels for bl.torch.Layer ------------------------------------------------
     def _solve_batch(self, X):
@@ -216,6 +435,23 @@ class Projection(Problem):
         """Exact (or, ``plateau="tangent"``, Proposition 4.5) VJPs: ``((G,), margins)``."""
         return self._rows_vjp(batch.parts[0], batch.x, V)
 
+    def _manifold_vjp_batch(self, batch, V, pinv=False):
+        """Exact VJPs on every row's face (``plateau="zero"``; ``pinv`` is moot)."""
+        X = batch.parts[0]
+        G, margins = _kernel("proj_vjp", X)(X, batch.x, self._code, self.radius, 0, V)
+        return (G,), margins
+
     def _rows_vjp(self, X, Y, V):
         G, margins = _kernel("proj_vjp", X)(X, Y, self._code, self.radius, self._plateau, V)
         return (G,), margins
+
+
+def _point(theta):
+    """Return the point ``x`` (theta bare or a 1-tuple)."""
+    return theta[0] if isinstance(theta, (tuple, list)) else theta
+
+
+def _rows(a):
+    """Return ``a`` as C-contiguous rows ``(b, n)`` of its last axis."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.ascontiguousarray(a.reshape(-1, a.shape[-1]))

@@ -16,6 +16,10 @@ Networks", TPAMI 2021, Propositions 4.5-4.6); each also has its closed-form VJP
   equalities), Goldfarb-Idnani's dual active-set method;
 - :class:`NNLS`: ``1/2 ||A x - b||^2`` s.t. ``x >= 0``, Lawson-Hanson.
 
+:class:`QP` with a fixed ``h`` and :class:`NNLS` also offer their active face as the
+``manifold`` of :class:`~bilevel.strategies.PartialSmoothness` (``{x : G_A x = h_A}``,
+``{x : x_A = 0}``), restricted Hessians ``B^T Q B`` and ``A_F^T A_F``.
+
 References
 ----------
 Gould, Hartley, Campbell, "Deep Declarative Networks", TPAMI 2021.
@@ -33,9 +37,17 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Batch, BatchSolution, ConvergenceWarning, SingularSystemError
+from bilevel._types import (
+    Batch,
+    BatchSolution,
+    ConvergenceWarning,
+    Manifold,
+    SingularSystemError,
+    StepMap,
+)
 from bilevel.problems.base import Capabilities, Problem, check_array
 from bilevel.problems.kkt import KKT
+from bilevel.problems.manifold import restricted_solver
 
 __all__ = ["NNLS", "QP", "EqualityConstrainedLS", "moment_matrix"]
 
@@ -44,6 +56,10 @@ __all__ = ["NNLS", "QP", "EqualityConstrainedLS", "moment_matrix"]
 _ACTIVE_TOL = 1e-9
 # Batches with more work (rows x n x m) than this run the prange kernels.
 _PARALLEL_MIN = 100_000
+
+# Why a problem lacks a capability (Capabilities.why_not).
+_KKT_OPTIMALITY = ("the {what} carry multipliers: x*'s optimality conditions are the KKT system "
+                   "of constraints (implicit), not a residual in x alone")
 
 
 def _bare(theta):
@@ -138,8 +154,9 @@ class EqualityConstrainedLS(Problem):
 
     Notes
     -----
-    Capabilities: ``constraints`` (affine), ``analytic_vjp``, ``dual`` (the multipliers);
-    the batched kernels of :class:`bilevel.torch.Layer` are two matrix products.
+    Capabilities: ``constraints`` (affine), ``analytic_vjp``, ``dual`` (the multipliers),
+    ``step`` (the projected gradient step ``P (z + xi) / 2 + D^+ beta``, a contraction of
+    rate 1/2); the batched kernels of :class:`bilevel.torch.Layer` are two matrix products.
 
     Examples
     --------
@@ -173,10 +190,22 @@ class EqualityConstrainedLS(Problem):
 
     def offers(self):
         """Affine KKT, the projector ``P`` as the closed form, batched products."""
-        return Capabilities(constraints=self._kkt, analytic_vjp=self.analytic_vjp,
-                            dual=self._kkt.dual,
-                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
-                                        analytic_vjp=self._vjp_batch))
+        return Capabilities(
+            constraints=self._kkt, analytic_vjp=self.analytic_vjp, dual=self._kkt.dual,
+            step=StepMap(self.step, start=self.init),
+            batch=Batch(theta_ndim=(1,), solve=self._solve_batch, analytic_vjp=self._vjp_batch),
+            why_not={
+                "optimality": _KKT_OPTIMALITY.format(what="equalities D z = beta"),
+                "manifold": "the affine set {D z = beta} is the active manifold at every xi "
+                            "(no inequality can switch): partial smoothness on it is the "
+                            "affine KKT solve (implicit), and its derivative the projector P "
+                            "(analytic)",
+                "mirror": "the affine set {D z = beta} has an empty interior: no Legendre "
+                          "function has it as its domain; on it the Euclidean Bregman step is "
+                          "the projected gradient step (step)",
+                "straight_through": "z* = P xi + D^+ beta is affine in xi with the exact "
+                                    "Jacobian P (analytic): no discontinuity for an identity "
+                                    "backward to bridge"})
 
     @classmethod
     def examples(cls):
@@ -206,6 +235,14 @@ class EqualityConstrainedLS(Problem):
     def eq(self, z, theta):
         """``D z - beta``."""
         return torch.from_numpy(self.D) @ z - torch.from_numpy(self.beta)
+
+    def step(self, z, theta):
+        """Projected gradient step on ``||z - xi||^2`` (step 1/4): ``P (z + xi)/2 + D^+ beta``.
+
+        Its fixed point is ``z*`` (``P D^+ beta = 0``), its Jacobian in ``z`` is ``P / 2``.
+        """
+        P, z0 = torch.from_numpy(self.P), torch.from_numpy(self._z0)
+        return P @ (0.5 * (z + _bare(theta))) + z0
 
     def analytic_vjp(self, solution, v):
         """``P v``: the projector onto ``null(D)``."""
@@ -261,7 +298,10 @@ class QP(Problem):
     (:func:`bilevel.solvers.qp.qp_goldfarb_idnani`), exact active set and multipliers
     ``lam`` (``Solution.info["lam"]``, with ``active``); infeasible ``G x <= h`` raises
     ``ValueError``. Capabilities: ``constraints`` (affine), ``analytic_vjp``, ``dual`` (the
-    value ``p(c, h)`` has ``grad_c p = x*``, ``grad_h p = -lam``);
+    value ``p(c, h)`` has ``grad_c p = x*``, ``grad_h p = -lam``), and with a fixed ``h``
+    ``manifold``: the active face ``{x : G_A x = h_A}``, tangent space ``null(G_A)`` with
+    an orthonormal basis ``B``, ``H_M = B^T Q B`` (``dx*/dc = -B H_M^{-1} B^T``, defined
+    even where ``G_A`` is rank-deficient);
     :class:`bilevel.torch.Layer` batches rows of ``c`` (and ``h``) through the ``prange``
     kernels. Weakly active constraints (zero multiplier) are kept in ``S``: the gradient is
     then one-sided (``Implicit`` reports ``one_sided``).
@@ -307,11 +347,27 @@ class QP(Problem):
         return f"QP(n={n}, m={m}, theta={'c' if self.h is not None else '(c, h)'})"
 
     def offers(self):
-        """Affine KKT, the active-set closed form, the multipliers as the dual, batches."""
+        """Affine KKT, the active-set closed form, the dual, batches; fixed h: the face."""
+        why_not = {
+            "optimality": _KKT_OPTIMALITY.format(what="inequalities G x <= h"),
+            "step": "the projection onto a polyhedron {G x <= h} is itself a QP: no "
+                    "closed-form projected-gradient step (and the dual active-set method's "
+                    "pivots are not a smooth map)",
+            "mirror": "no Legendre function with a closed-form mirror step has a general "
+                      "polyhedron {G x <= h} as its domain",
+            "straight_through": "theta (c, h) is not a surrogate of x*: x* is piecewise affine "
+                                "in theta with its exact Jacobian on the active set (analytic)"}
+        if self.h is None:
+            why_not["manifold"] = (
+                "h moves the active face {x : G_A x = h_A}: an affine manifold whose offset "
+                "depends on theta, which Manifold does not describe (implicit and analytic "
+                "differentiate it; QP(Q, G, h) with theta c offers the face)")
         return Capabilities(constraints=self._kkt, analytic_vjp=self.analytic_vjp,
                             dual=self._kkt.dual,
+                            manifold=self.manifold if self.h is not None else None,
                             batch=Batch(theta_ndim=(1,) if self.h is not None else (1, 1),
-                                        solve=self._solve_batch, analytic_vjp=self._vjp_batch))
+                                        solve=self._solve_batch, analytic_vjp=self._vjp_batch),
+                            why_not=why_not)
 
     @classmethod
     def examples(cls):
@@ -367,6 +423,45 @@ class QP(Problem):
         """``G x - h``."""
         h = torch.from_numpy(self.h) if self.h is not None else theta[1]
         return torch.from_numpy(self.G) @ x - h
+
+    def manifold(self, solution):
+        """Return the active face ``{x : G_A x = h_A}`` (fixed ``h``): ``H_M = B^T Q B``.
+
+        ``E_M(z, c) = f(x* + B z)`` with ``B`` an orthonormal basis of ``null(G_A)``, so
+        ``grad_z E_M = B^T (Q x + c)``, ``d_c grad_z E_M = B^T``. The margin is the smallest
+        of the active multipliers (relative to ``max(1, |x + Q^{-1} c|_inf)``) and the
+        inactive slacks (relative to ``max(1, |x|_inf)``), as the closed form's.
+        """
+        import scipy.linalg
+
+        if self.h is None:
+            raise ValueError("QP(Q, G) (theta = (c, h)) has no manifold: h moves the active "
+                             "face; use implicit or analytic (see capabilities.why_not)")
+        c = np.asarray(_bare(solution.theta), dtype=np.float64)
+        x = solution.x
+        n = x.size
+        slack = self.h - self.G @ x
+        xnorm = max(1.0, float(np.abs(x).max()))
+        active = np.flatnonzero(slack <= _ACTIVE_TOL * xnorm)
+        inactive = np.setdiff1d(np.arange(slack.size), active)
+        lam = solution.info.get("lam")
+        if lam is None or np.size(lam) != slack.size:
+            lam = np.zeros(slack.size)
+            if active.size:
+                lam[active] = np.linalg.lstsq(self.G[active].T, -(self.Q @ x + c),
+                                              rcond=None)[0]
+        B = scipy.linalg.null_space(self.G[active]) if active.size else np.eye(n)
+        gscale = max(1.0, float(np.abs(x + np.linalg.solve(self.Q, c)).max()))
+        margin = min(float((lam[active] / gscale).min(initial=np.inf)),
+                     float((slack[inactive] / xnorm).min(initial=np.inf)))
+        solve = restricted_solver(B.T @ self.Q @ B, f"the active face ({B.shape[1]} "
+                                  "dimensions)", "Q must be positive definite.")
+        return Manifold(kind="active face", dim=B.shape[1], margin=margin,
+                        restrict=lambda v: B.T @ np.asarray(v, dtype=np.float64).ravel(),
+                        lift=lambda z: B @ z, solve=solve,
+                        theta_vjp=lambda u: (B @ u,),
+                        theta_jvp=lambda dtheta: B.T @ np.asarray(dtheta[0], np.float64),
+                        info={"active": active, "lam": lam[active]})
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
@@ -446,7 +541,10 @@ class NNLS(Problem):
     algorithm of ``scipy.optimize.nnls``. ``Solution.info`` has ``lam`` and ``active`` (the
     zero set). Capabilities: ``constraints`` (affine), ``analytic_vjp``, ``dual`` (the
     value's gradient ``b - A x*``); batched for :class:`bilevel.torch.Layer`; ``mirror``:
-    entropic mirror descent on the orthant, for :class:`~bilevel.strategies.BregmanUnroll`.
+    entropic mirror descent on the orthant, for :class:`~bilevel.strategies.BregmanUnroll`;
+    ``manifold``: the free set's face ``{x : x_A = 0}``, ``H_M = A_F^T A_F``, for
+    :class:`~bilevel.strategies.PartialSmoothness`; ``step``: the projected gradient step
+    ``max(x - A^T(Ax - b)/L, 0)``, ``L = ||A||_2^2``.
 
     Examples
     --------
@@ -472,16 +570,23 @@ class NNLS(Problem):
             raise ValueError(f"tol must be > 0, got {tol}")
         self.max_iter = int(max_iter) if max_iter is not None else 3 * n + 10
         self._kkt = KKT(self.objective, ineq=self.ineq, affine=True)
+        self._At = torch.from_numpy(self.A)
+        self.lipschitz = max(float(np.linalg.norm(self.A, 2)) ** 2, 1e-300)
 
     def __repr__(self):
         return f"NNLS(A of shape {self.A.shape})"
 
     def offers(self):
-        """Affine KKT, the free-set closed form, the dual, the entropic mirror, batches."""
-        return Capabilities(constraints=self._kkt, analytic_vjp=self.analytic_vjp,
-                            dual=self._kkt.dual, mirror=self.mirror,
-                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
-                                        analytic_vjp=self._vjp_batch))
+        """Affine KKT, the free-set closed form and face, the dual, mirror, a step, batches."""
+        return Capabilities(
+            constraints=self._kkt, analytic_vjp=self.analytic_vjp, dual=self._kkt.dual,
+            mirror=self.mirror, manifold=self.manifold,
+            step=StepMap(self.step, start=self.init),
+            batch=Batch(theta_ndim=(1,), solve=self._solve_batch, analytic_vjp=self._vjp_batch),
+            why_not={"optimality": _KKT_OPTIMALITY.format(what="bounds x >= 0"),
+                     "straight_through": "theta is b (m,) and x* the coefficients (n,): x* does "
+                                         "not approximate b, and is piecewise affine in it with "
+                                         "its exact Jacobian on the free set (analytic)"})
 
     @classmethod
     def examples(cls):
@@ -519,6 +624,43 @@ class NNLS(Problem):
     def ineq(self, x, theta):
         """``-x`` (``x >= 0``)."""
         return -x
+
+    def step(self, x, theta):
+        """Projected gradient step ``max(x - A^T(Ax - b)/L, 0)``; fixed point ``x*``."""
+        At = self._At
+        return torch.relu(x - At.T @ (At @ x - _bare(theta)) / self.lipschitz)
+
+    def manifold(self, solution):
+        """Return the face ``{x : x_A = 0}`` of the free set ``F``, ``H_M = A_F^T A_F``.
+
+        ``E_M(z, b) = 1/2 ||A_F z - b||^2``: ``d_b grad_z E_M = -A_F^T``. The margin is the
+        smallest of the active set's multipliers ``(A^T(Ax* - b))_A`` (relative to
+        ``max(1, ||A^T(Ax* - b)||_inf)``) and the free entries (relative to
+        ``max(1, ||x*||_inf)``), as the closed form's.
+        """
+        b = np.asarray(_bare(solution.theta), dtype=np.float64)
+        x = solution.x
+        xnorm = max(1.0, float(np.abs(x).max()))
+        free = np.flatnonzero(x > _ACTIVE_TOL * xnorm)
+        bound = np.setdiff1d(np.arange(x.size), free)
+        grad = self.A.T @ (self.A @ x - b)
+        gscale = max(1.0, float(np.abs(grad).max()))
+        margin = min(float((x[free] / xnorm).min(initial=np.inf)),
+                     float((grad[bound] / gscale).min(initial=np.inf)))
+        AF = self.A[:, free]
+        solve = restricted_solver(AF.T @ AF, f"the free set ({free.size} entries: A_F has "
+                                  "dependent columns)", "Or use Implicit(pinv=True).")
+
+        def lift(z):
+            out = np.zeros(x.size)
+            out[free] = z
+            return out
+
+        return Manifold(kind="free set", dim=free.size, margin=margin,
+                        restrict=lambda v: np.asarray(v, dtype=np.float64).ravel()[free],
+                        lift=lift, solve=solve, theta_vjp=lambda u: (-(AF @ u),),
+                        theta_jvp=lambda dtheta: -(AF.T @ np.asarray(dtheta[0], np.float64)),
+                        info={"free": free, "active": bound, "lam": grad[bound]})
 
     def mirror(self, solution):
         """Entropic mirror descent ``x+ = x exp(-tau A^T(Ax - b))``, for ``bregman``.

@@ -17,6 +17,20 @@ from bilevel.problems.base import Capabilities, Problem, check_design, check_non
 
 __all__ = ["Ridge"]
 
+# Why Ridge lacks a capability (Capabilities.why_not).
+_WHY_NOT = {
+    "manifold": "smooth, strongly convex energy: x* has no active manifold but the whole "
+                "space, on which partial smoothness is implicit differentiation (implicit)",
+    "mirror": "x is unconstrained and E quadratic: there is no constraint set for a Legendre "
+              "function, and the Euclidean Bregman step is the gradient step (step)",
+    "straight_through": "theta is the penalty lam and x* the coefficients: x* does not "
+                        "approximate theta, and is smooth in it (analytic): no identity "
+                        "backward",
+    "dual": "lam multiplies ||x||^2 / 2: E is not jointly convex in (x, lam), so p has no "
+            "convex-dual gradient; the envelope theorem gives it (envelope)",
+    "constraints": "x is unconstrained: no KKT system (implicit differentiates grad_x E)",
+}
+
 
 @register_problem
 class Ridge(Problem):
@@ -61,7 +75,7 @@ class Ridge(Problem):
             optimality=Optimality(self.optimality, hessian=self.hessian,
                                   theta_vjp=self.optimality_theta_vjp),
             step=StepMap(self.step, start=self.init), energy=self.energy,
-            analytic_vjp=self.analytic_vjp, batch=Batch(theta_ndim=(0,)))
+            analytic_vjp=self.analytic_vjp, batch=Batch(theta_ndim=(0,)), why_not=_WHY_NOT)
 
     @classmethod
     def examples(cls):

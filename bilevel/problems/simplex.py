@@ -15,6 +15,11 @@ the solution as ``analytic_vjp``: with ``S`` the support and ``E`` the rows' ind
 the KKT system ``H_SS x_S + c_S = E nu``, ``E^T x_S = 1`` is linear, so
 ``dx_S = -[M^{-1} (dc_S, 0)]_x`` with ``M = [[H_SS, -E], [-E^T, 0]]``. The entropy keeps
 the softmax in the interior of the simplex: its Jacobian is ``diag(x*) - x* x*^T``.
+
+The quadratics also offer the support's face ``{x_{S^c} = 0, E^T x_S = 1}`` as their active
+manifold (``partial_smoothness``: the same system ``M``), the KKT description of the
+simplices (``implicit``) and the projected gradient step (``fixed_point``, ``unroll``); the
+game offers its value's gradient ``x* y*^T`` (``value_function``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,20 @@ import numpy as np
 import torch
 
 from bilevel._registry import register_problem
-from bilevel._types import Batch, BatchSolution, Dual, Mirror, Optimality, StepMap, as_tuple
+from bilevel._types import (
+    Batch,
+    BatchSolution,
+    Dual,
+    Manifold,
+    Mirror,
+    Optimality,
+    SingularSystemError,
+    StepMap,
+    as_tuple,
+)
 from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.kkt import KKT
+from bilevel.problems.projections import _torch_simplex
 
 __all__ = ["EntropicSimplex", "MatrixGame", "MultiLabelSegmentation", "SimplexLeastSquares"]
 
@@ -34,6 +51,17 @@ _SUPPORT_TOL = 1e-9
 _DENSE_MAX = 3000
 # Batches with fewer entries run serially (see bilevel.solvers.serial).
 _PARALLEL_MIN = 200_000
+# Condition number above which the support's KKT matrix counts as singular.
+_COND_MAX = 1e13
+
+# Why a problem lacks a capability (Capabilities.why_not), shared by the quadratics.
+_FACE_OPTIMALITY = ("x* lies on a face of the simplex (zero coordinates, a multiplier for "
+                    "sum x = 1): its optimality conditions are the KKT system of constraints "
+                    "(implicit), not a residual in x alone")
+_NOT_A_SURROGATE = ("x* is a Lipschitz map of {theta} with its exact Jacobian on the support "
+                    "(analytic), and does not approximate {theta}: the identity backward is a "
+                    "baseline for discontinuous maps of a signal to its own shape (partitions, "
+                    "quantizers)")
 
 
 def _kernel(name, Z):
@@ -96,6 +124,64 @@ def _support_vjp(H, X, v):
     return g
 
 
+def _support_manifold(H, X, grad, theta_vjp, theta_jvp, remedy):
+    """Return the face of rows of simplices that ``X`` (m, d) lies on (Hessian ``H``).
+
+    ``{x : x_{S^c} = 0, each row of x_S sums to 1}``, in the coordinates ``x_S``:
+    ``solve(b)`` is the x-part of ``M^{-1} (b, 0)`` with the support's KKT matrix ``M``, which
+    is ``B (B^T H_SS B)^{-1} B^T b`` for a basis ``B`` of the face's tangent space.
+    ``grad`` (m d,) is ``grad f(X)``; the margin is the smallest of the off-support
+    multipliers ``g_j - g_S`` (relative to ``max(1, ||g||_inf)``) and the support entries
+    (relative to their row's largest). ``theta_vjp(flat, u)``, ``theta_jvp(flat, dtheta)``
+    on the support's flat indices.
+    """
+    m, d = X.shape
+    M, mask, flat = _support_kkt(H, X)
+    k = flat.size
+    G = np.asarray(grad, dtype=np.float64).reshape(m, d)
+    g_support = (np.where(mask, G, 0.0).sum(axis=1) / mask.sum(axis=1))[:, None]
+    scale = max(1.0, float(np.abs(G).max()))
+    off = ((G - g_support) / scale)[~mask]
+    on = (X / X.max(axis=1, keepdims=True))[mask]
+    margin = float(min(off.min(initial=np.inf), on.min(initial=np.inf)))
+    singular = bool(np.linalg.cond(M) > _COND_MAX)
+
+    def solve(b, pinv=False):
+        rhs = np.concatenate([np.asarray(b, dtype=np.float64), np.zeros(m)])
+        if singular and not pinv:
+            raise SingularSystemError(
+                f"the Hessian restricted to the support's face ({k} entries) is singular: x* "
+                "is not unique on it. PartialSmoothness(pinv=True) gives the minimum-norm "
+                "derivative. " + remedy)
+        if singular:
+            return np.linalg.lstsq(M, rhs, rcond=1.0 / _COND_MAX)[0][:k]
+        return np.linalg.solve(M, rhs)[:k]
+
+    def lift(z):
+        out = np.zeros(m * d)
+        out[flat] = z
+        return out.reshape(X.shape)
+
+    return Manifold(kind="support", dim=k - m, margin=margin,
+                    restrict=lambda v: np.asarray(v, dtype=np.float64).ravel()[flat],
+                    lift=lift, solve=solve,
+                    theta_vjp=lambda u: theta_vjp(flat, u),
+                    theta_jvp=lambda dtheta: theta_jvp(flat, dtheta),
+                    info={"support": mask})
+
+
+def _simplex_multipliers(G, X):
+    """Exact multipliers of ``sum x = 1`` (``nu``, per row) and ``x >= 0`` (``lam``).
+
+    From ``g + nu 1 - lam = 0`` with ``lam = 0`` on the support: ``nu = -mean_S g``,
+    ``lam = g + nu`` (zero on the support, in the order of ``-x``).
+    """
+    mask = X > _SUPPORT_TOL * X.max(axis=1, keepdims=True)
+    nu = -(np.where(mask, G, 0.0).sum(axis=1) / mask.sum(axis=1))
+    lam = np.where(mask, 0.0, G + nu[:, None])
+    return {"nu": nu, "lam": lam.ravel()}
+
+
 def _solve_simplices(H, c, X0, kind_tau, tol, max_iter):
     """Bregman iterations, then an exact solve on the identified support."""
     from bilevel.solvers import bregman as kernels
@@ -127,7 +213,10 @@ class SimplexLeastSquares(Problem):
     Solver: entropic mirror descent ``x+ = softmax(log x - A^T(Ax - b)/L)``,
     ``L = ||A||_2^2``, from the barycentre, then the KKT system on the identified support.
     Capabilities: ``mirror`` (that method), ``analytic_vjp`` (the derivative on the
-    support: ``dx_S/db = [M^{-1}(A_S^T, 0)]_x``), ``energy``, ``dual``: the value
+    support: ``dx_S/db = [M^{-1}(A_S^T, 0)]_x``), ``manifold`` (the support's face, the same
+    system), ``constraints`` (``sum x = 1``, ``x >= 0``; exact multipliers in
+    ``Solution.info``), ``step`` (the projected gradient step
+    ``P_Delta(x - A^T(Ax - b)/L)``), ``energy``, ``dual``: the value
     ``p(b) = min ||Ax - b||^2/2`` has ``grad p(b) = b - A x*``, the dual solution, unique
     even where ``x*`` is not (``A`` without full column rank).
 
@@ -154,9 +243,14 @@ class SimplexLeastSquares(Problem):
         return f"SimplexLeastSquares(A of shape {self.A.shape})"
 
     def offers(self):
-        """Entropic mirror descent, the support's closed form, the energy, the residual dual."""
-        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
-                            energy=self.energy, dual=self.dual, batch=Batch(theta_ndim=(1,)))
+        """Mirror descent, the support's closed form and face, KKT, a step, E, the dual."""
+        return Capabilities(
+            mirror=self.mirror, analytic_vjp=self.analytic_vjp, manifold=self.manifold,
+            constraints=KKT(self.energy, eq=_row_sums, ineq=_negative, affine=True),
+            step=StepMap(self.step, start=self.init), energy=self.energy, dual=self.dual,
+            batch=Batch(theta_ndim=(1,)),
+            why_not={"optimality": _FACE_OPTIMALITY,
+                     "straight_through": _NOT_A_SURROGATE.format(theta="b")})
 
     @classmethod
     def examples(cls):
@@ -179,15 +273,32 @@ class SimplexLeastSquares(Problem):
     def _solve(self, theta, x0):
         x0 = np.maximum(x0, 1e-12)
         x0 = (x0 / x0.sum()).reshape(1, -1)
-        X, n_iter, residual = _solve_simplices(self.H, -self.A.T @ as_tuple(theta)[0], x0,
-                                               1.0 / self.lipschitz, self.tol, self.max_iter)
-        return X.ravel(), n_iter, residual
+        c = -self.A.T @ as_tuple(theta)[0]
+        X, n_iter, residual = _solve_simplices(self.H, c, x0, 1.0 / self.lipschitz, self.tol,
+                                               self.max_iter)
+        return X.ravel(), n_iter, residual, _simplex_multipliers(
+            (self.H @ X.ravel() + c).reshape(X.shape), X)
 
     # torch maps -----------------------------------------------------------------------
     def energy(self, x, theta):
         """``||Ax - b||^2 / 2`` (the constraint is implicit)."""
         r = self._At @ x - as_tuple(theta)[0]
         return 0.5 * (r @ r)
+
+    def step(self, x, theta):
+        """Projected gradient step ``P_Delta(x - A^T(Ax - b) / L)``; fixed point ``x*``."""
+        b = as_tuple(theta)[0]
+        return _torch_simplex(x - self._At.T @ (self._At @ x - b) / self.lipschitz, 1.0)
+
+    def manifold(self, solution):
+        """Return the support's face, ``H_M`` the Gram matrix on it (the KKT matrix ``M``)."""
+        b = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        X = solution.x.reshape(1, -1)
+        return _support_manifold(
+            self.H, X, self.H @ solution.x - self.A.T @ b,
+            lambda flat, u: (-(self.A[:, flat] @ u),),
+            lambda flat, dtheta: -(self.A[:, flat].T @ np.asarray(dtheta[0], np.float64)),
+            "A restricted to the support has dependent columns.")
 
     def mirror(self, solution):
         """Entropic mirror descent from the barycentre, step ``1/L``."""
@@ -246,7 +357,9 @@ class MultiLabelSegmentation(Problem):
     Solver: ``log X+ = log X - tau grad E(X)`` normalized per pixel (softmax update),
     ``tau = 1/(alpha + 8 mu)``, then, for up to 3000 variables, the KKT system on the
     identified support. Capabilities: ``mirror``, ``analytic_vjp`` (the support's KKT
-    system), ``energy``.
+    system), ``manifold`` (every pixel's support face, the same system), ``constraints``
+    (the pixel simplices; exact multipliers in ``Solution.info``), ``step`` (the projected
+    gradient step), ``energy``.
 
     Examples
     --------
@@ -272,9 +385,17 @@ class MultiLabelSegmentation(Problem):
         return f"MultiLabelSegmentation(mu={self.mu}, alpha={self.alpha})"
 
     def offers(self):
-        """Per-pixel softmax updates, the support's closed form, the energy."""
-        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
-                            energy=self.energy, batch=Batch(theta_ndim=(3,)))
+        """Softmax updates, the supports' closed form and face, KKT, a step, the energy."""
+        return Capabilities(
+            mirror=self.mirror, analytic_vjp=self.analytic_vjp, manifold=self.manifold,
+            constraints=KKT(self.energy, eq=_row_sums, ineq=_negative, affine=True),
+            step=StepMap(self.step, start=self.init), energy=self.energy,
+            batch=Batch(theta_ndim=(3,)),
+            why_not={"optimality": _FACE_OPTIMALITY,
+                     "straight_through": _NOT_A_SURROGATE.format(theta="the cost C"),
+                     "dual": "<C, X> is bilinear, not jointly convex in (X, C): p(C) has no "
+                             "convex dual; its gradient X* is the envelope theorem's "
+                             "grad_C E(X*, C) (envelope)"})
 
     @classmethod
     def examples(cls):
@@ -336,7 +457,9 @@ class MultiLabelSegmentation(Problem):
             X = _polish(H, C.ravel(), X.reshape(-1, C.shape[2])).reshape(C.shape)
             G = (H @ X.ravel() + C.ravel()).reshape(-1, C.shape[2])
             residual = kernels.natural_residual(X.reshape(-1, C.shape[2]), G, kernels.SIMPLEX)
-        return X, n_iter, residual
+        G = self.gradient(torch.from_numpy(X), torch.from_numpy(C)).numpy()
+        return X, n_iter, residual, _simplex_multipliers(G.reshape(-1, C.shape[2]),
+                                                         X.reshape(-1, C.shape[2]))
 
     # torch maps -----------------------------------------------------------------------
     def _laplacian(self, X):
@@ -372,6 +495,24 @@ class MultiLabelSegmentation(Problem):
         dh = X[:, 1:] - X[:, :-1]
         return (as_tuple(C)[0] * X).sum() + 0.5 * self.alpha * (X * X).sum() \
             + 0.5 * self.mu * ((dv * dv).sum() + (dh * dh).sum())
+
+    def step(self, X, C):
+        """Projected gradient step ``P_Delta(X - grad E(X) / L)`` per pixel."""
+        return _torch_simplex(X - self.step_size * self.gradient(X, C), 1.0)
+
+    def manifold(self, solution):
+        """Every pixel's support face; ``H_M`` the energy's Hessian on it (dense, small grids)."""
+        X = solution.x
+        if X.size > _DENSE_MAX:
+            raise ValueError(f"the manifold of MultiLabelSegmentation is dense: {X.size} "
+                             f"variables > {_DENSE_MAX}; use the bregman strategy")
+        C = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        H = self._hessian(X.shape)
+        return _support_manifold(
+            H, X.reshape(-1, X.shape[2]), H @ X.ravel() + C.ravel(),
+            lambda flat, u: (_embed(flat, u, X.shape),),
+            lambda flat, dtheta: np.asarray(dtheta[0], dtype=np.float64).ravel()[flat],
+            "Raise alpha.")
 
     def mirror(self, solution):
         """Per-pixel softmax updates from uniform labels, step ``1/(alpha + 8 mu)``."""
@@ -419,7 +560,9 @@ class MatrixGame(Problem):
     ``x+ = softmax(log x - tau A y)``, ``y+ = softmax(log y + sigma A^T(2x+ - x))``,
     ``tau = sigma = 0.9 / max|A_ij|``, then the equilibrium equations on the supports
     ``(S_x, S_y)``: ``A_{S_x S_y} y = v 1``, ``A_{S_x S_y}^T x = v 1``, ``1^T x = 1^T y = 1``.
-    Their derivative is ``analytic_vjp``.
+    Their derivative is ``analytic_vjp``. ``dual``: the game's value ``p(A) = x*^T A y*``
+    has the gradient ``x* y*^T`` (Danskin's theorem for the saddle point, where the
+    equilibrium is unique).
 
     Examples
     --------
@@ -440,9 +583,30 @@ class MatrixGame(Problem):
         return "MatrixGame()"
 
     def offers(self):
-        """Return the entropic primal-dual method and the equilibrium equations' closed form."""
-        return Capabilities(mirror=self.mirror, analytic_vjp=self.analytic_vjp,
-                            batch=Batch(theta_ndim=(2,)))
+        """Return the primal-dual method, the equilibrium's closed form, the value's gradient."""
+        saddle = "(x*, y*) is a saddle point of x^T A y, not a minimizer: "
+        return Capabilities(
+            mirror=self.mirror, analytic_vjp=self.analytic_vjp, dual=self.dual,
+            batch=Batch(theta_ndim=(2,)),
+            why_not={
+                "optimality": saddle + "its equilibrium conditions are no stationarity of a "
+                              "minimized energy and no KKT system of one (the bilinear "
+                              "Lagrangian's Hessian has a zero x-block); analytic solves "
+                              "the equilibrium equations",
+                "constraints": saddle + "the simplices constrain a min-max, whose conditions "
+                               "are not the KKT system of a minimization (analytic solves "
+                               "the equilibrium equations)",
+                "step": "no step in x alone has the equilibrium as fixed point, and gradient "
+                        "descent-ascent on (x, y) cycles on a bilinear game: only the "
+                        "primal-dual method converges (mirror)",
+                "manifold": saddle + "partial smoothness identifies the manifold of a "
+                            "minimizer with a positive definite restricted Hessian; the "
+                            "supports' equilibrium system is indefinite (analytic)",
+                "energy": "the game's energy max_y x^T A y = max_j (A^T x)_j is not "
+                          "differentiable in A at a mixed equilibrium (several pure replies "
+                          "tie): the envelope theorem needs the saddle point's y* (dual)",
+                "straight_through": "theta is the payoff matrix A (m, n) and x* = (x*, y*) "
+                                    "the mixed strategies (m + n,): no identity backward"})
 
     @classmethod
     def examples(cls):
@@ -528,6 +692,15 @@ class MatrixGame(Problem):
         xp[Sx], yp[Sy] = xs, ys
         return xp, yp
 
+    def dual(self, solution):
+        """Return the value ``x*^T A y*`` and its gradient ``x* y*^T`` (Danskin)."""
+        A = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        m = A.shape[0]
+        x, y = solution.x[:m], solution.x[m:]
+        return Dual(value=float(x @ A @ y), gradient=np.outer(x, y), y=y.copy(),
+                    gap=float(solution.info.get("residual", 0.0)),
+                    info={"method": "Danskin: x* y*^T at the saddle point"})
+
     # torch maps -----------------------------------------------------------------------
     def mirror(self, solution):
         """Entropic primal-dual method from uniform strategies (``z`` is the player ``y``)."""
@@ -593,6 +766,8 @@ class EntropicSimplex(Problem):
     - ``step``: entropic mirror descent (exponentiated gradient) on the energy,
       ``T(x, z) = softmax((1 - eta) log x + eta z)``, whose fixed point is ``x*`` and whose
       Jacobian at ``x*`` has spectral radius ``1 - eta`` (``FixedPoint``, ``Unroll``);
+    - ``mirror``: the same iteration as a Bregman proximal-gradient method with the
+      simplex's entropy (``BregmanUnroll``), from the uniform distribution;
     - ``energy``.
 
     :class:`bilevel.torch.Layer` uses the batched numba kernels (``analytic``).
@@ -624,11 +799,21 @@ class EntropicSimplex(Problem):
 
     def offers(self):
         """Return the softmax Jacobian, the KKT residual, mirror descent, the energy."""
-        return Capabilities(analytic_vjp=self.analytic_vjp,
-                            optimality=Optimality(self.optimality),
-                            step=StepMap(self.step, start=self.init), energy=self.energy,
-                            batch=Batch(theta_ndim=(1,), solve=self._solve_batch,
-                                        analytic_vjp=self._vjp_batch))
+        return Capabilities(
+            analytic_vjp=self.analytic_vjp, optimality=Optimality(self.optimality),
+            step=StepMap(self.step, start=self.init), mirror=self.mirror, energy=self.energy,
+            batch=Batch(theta_ndim=(1,), solve=self._solve_batch, analytic_vjp=self._vjp_batch),
+            why_not={
+                "manifold": "x* = softmax(z) lies in the relative interior of the simplex (the "
+                            "entropy keeps every x_i > 0): its only active manifold is the "
+                            "affine hull {sum x = 1}, on which partial smoothness is implicit "
+                            "differentiation of the residual F (implicit)",
+                "dual": "-<z, x> is bilinear, not jointly convex in (x, z): p(z) = "
+                        "-logsumexp(z) has no convex dual; its gradient -x* is the envelope "
+                        "theorem's grad_z E(x*, z) (envelope)",
+                "straight_through": "the softmax is smooth, with Jacobian diag(x*) - x* x*^T "
+                                    "(analytic): the identity backward is a baseline for "
+                                    "discontinuous maps (argmax, partitions, quantizers)"})
 
     @classmethod
     def examples(cls):
@@ -676,6 +861,43 @@ class EntropicSimplex(Problem):
         eta = self.step_size
         return torch.softmax((1.0 - eta) * torch.log(x) + eta * z, dim=-1)
 
+    def mirror(self, solution):
+        r"""Entropic mirror descent on ``-<z, x> + sum x log x``, for ``bregman``.
+
+        The Bregman proximal-gradient step of the simplex's entropy with step ``eta``,
+        ``x+ = softmax(log x - eta (log x + 1 - z)) = softmax((1 - eta) log x + eta z)``, is
+        :meth:`step`: ``x_k = softmax((1 - (1 - eta)^k) z)`` from the uniform distribution,
+        whose residual ``F`` (:meth:`optimality`) is ``(1 - eta)^k (z - mean z)``. The
+        forward pass iterates it in the mirror coordinates ``log x`` (NumPy, row by row).
+        """
+        z = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
+        Z = np.ascontiguousarray(z.reshape(-1, z.shape[-1]))
+        x0 = self.init((z,))
+
+        def forward(n_steps, tol, tau, sigma):
+            W = np.log(x0.reshape(Z.shape))          # normalized: log x
+            k = 0
+            while True:
+                d = W - Z
+                residual = float(np.abs(d - d.mean(axis=1, keepdims=True)
+                                        + (np.exp(W).sum(axis=1, keepdims=True) - 1.0)).max())
+                if residual <= tol or k >= n_steps:
+                    break
+                W = W - tau * (W + 1.0 - Z)
+                top = W.max(axis=1, keepdims=True)
+                W = W - (top + np.log(np.exp(W - top).sum(axis=1, keepdims=True)))
+                k += 1
+            return (np.exp(W).reshape(z.shape),), k, residual
+
+        tiny = np.finfo(np.float64).tiny
+
+        def gradient(x, theta):    # log x + 1 - z; log of an underflowed entry is clamped
+            return torch.log(torch.clamp(x, min=tiny)) + 1.0 - as_tuple(theta)[0]
+
+        return Mirror(kind="simplex", scheme="gradient", start=(x0,),
+                      step_size=self.step_size, gradient=gradient, forward=forward,
+                      info={"method": "entropic mirror descent"})
+
     # structure ------------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
         """``p * (v - <p, v>)`` row by row."""
@@ -694,3 +916,20 @@ class EntropicSimplex(Problem):
         """``((P * (V - <P, V>),), margins)``: smooth everywhere, margins ``inf``."""
         P = batch.x
         return (_kernel("softmax_vjp", P)(P, V),), np.full(P.shape[0], np.inf)
+
+
+def _row_sums(x, theta):
+    """``sum x - 1`` over the last axis (each simplex's equality)."""
+    return x.sum(dim=-1) - 1.0
+
+
+def _negative(x, theta):
+    """``-x`` (``x >= 0``)."""
+    return -x
+
+
+def _embed(flat, u, shape):
+    """``u`` on the flat indices ``flat`` of a zero array of ``shape``."""
+    out = np.zeros(int(np.prod(shape)))
+    out[flat] = u
+    return out.reshape(shape)

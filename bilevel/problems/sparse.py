@@ -26,6 +26,25 @@ from bilevel.problems.l1 import check_positive, l1_manifold, per_feature, soft_t
 
 __all__ = ["ElasticNet", "Lasso"]
 
+# Why the sparse models lack a capability (Capabilities.why_not).
+_WHY_NOT = {
+    "analytic_vjp": "the exact derivative is the support formula -H_S^{-1} d_lam grad_S E, a "
+                    "k x k solve on the support the solver identifies: that is "
+                    "partial_smoothness (no further closed form)",
+    "optimality": "the l1 penalty is not smooth: no optimality residual (partial_smoothness "
+                  "differentiates its support)",
+    "mirror": "soft-thresholding, the l1 prox, is not smooth: the proximal step is no Bregman "
+              "method with a smooth update (that would need the split x = x+ - x- with the "
+              "entropy on each part, a different variable)",
+    "straight_through": "theta is the penalty and x* the coefficients: x* does not approximate "
+                        "theta, and is piecewise smooth in it (partial_smoothness): no "
+                        "identity backward",
+    "dual": "lam multiplies ||x||_1 (and lam2 ||x||^2 / 2): E is not jointly convex in (x, "
+            "lam), so p has no convex-dual gradient; the envelope theorem gives it (envelope)",
+    "constraints": "x is unconstrained: no KKT system (the l1 penalty's kinks are the support "
+                   "manifold of partial_smoothness)",
+}
+
 
 @register_problem
 class ElasticNet(Problem):
@@ -78,7 +97,8 @@ class ElasticNet(Problem):
     def offers(self):
         """Return the support manifold, a proximal gradient step, the energy."""
         return Capabilities(manifold=self.manifold, step=StepMap(self.step, start=self.init),
-                            energy=self.energy, batch=Batch(theta_ndim=self._theta_ndim))
+                            energy=self.energy, batch=Batch(theta_ndim=self._theta_ndim),
+                            why_not=_WHY_NOT)
 
     _theta_ndim = (0, 0)
 

@@ -12,7 +12,8 @@ projector onto ``null(D_Z)`` and ``sigma_J`` the signs of ``D^k y*`` off ``Z``, 
 .. math:: \partial y^*/\partial s = P, \qquad
           \partial y^*/\partial\lambda = -P D_J^\top \sigma_J,
 
-each applied in O(n) by a banded solve (order 1: averaging over the constant segments).
+each applied in O(n) by a banded solve (order 1: averaging over the constant segments):
+the closed form (``analytic_vjp``) of every order, and the manifold's ``H_M^{-1}``.
 l2: ``y* = (I + lam D^T D)^{-1} s``, differentiated by the same banded solve.
 """
 
@@ -33,6 +34,28 @@ _ZERO_TOL = 1e-9
 _DENSE_MAX = 4000
 # Batches with fewer entries run serially (see bilevel.solvers.serial).
 _PARALLEL_MIN = 200_000
+
+# Why a variant lacks a capability (Capabilities.why_not).
+_NOT_JOINTLY_CONVEX = ("lam multiplies {penalty}: E is not jointly convex in (y, lam), so p "
+                       "has no convex-dual gradient in lam; the envelope theorem gives it "
+                       "(envelope)")
+_LIPSCHITZ = ("y* is the prox of a convex penalty, 1-Lipschitz in s, with its exact Jacobian "
+              "{where} (analytic): the identity backward is a baseline for discontinuous maps "
+              "(partitions, quantizers)")
+_WHY_NOT = {
+    "l1": {"optimality": "the penalty lam ||D^k y||_1 is not smooth: no optimality residual "
+                         "(partial_smoothness differentiates its jump set)",
+           "straight_through": _LIPSCHITZ.format(where="almost everywhere"),
+           "dual": _NOT_JOINTLY_CONVEX.format(penalty="||D^k y||_1")},
+    "l2": {"manifold": "the quadratic penalty is smooth: y* = (I + lam D^T D)^{-1} s has no "
+                       "active manifold but the whole space, on which partial smoothness is "
+                       "implicit differentiation (implicit)",
+           "mirror": "y is unconstrained and E smooth: there is no constraint set for a "
+                     "Legendre function, and the Euclidean Bregman step is the gradient step "
+                     "(step)",
+           "straight_through": _LIPSCHITZ.format(where="(I + lam D^T D)^{-1}"),
+           "dual": _NOT_JOINTLY_CONVEX.format(penalty="||D^k y||^2 / 2")},
+}
 
 
 def _kernel(name, S):
@@ -70,8 +93,9 @@ class TV1D(Problem):
     l1 by projected Newton on the dual (exact once the active set is identified); l2 by a
     banded Cholesky solve. ``Solution.info`` holds ``gap`` and, for l1, ``jumps`` (indices
     ``i`` with ``(D^k y*)_i != 0``). Capabilities: ``manifold``, ``mirror`` (a Bregman
-    primal-dual method) and, for order 1, the exact ``analytic_vjp`` (l1); ``optimality``
-    and ``analytic_vjp`` (l2); ``step`` and ``energy`` for both.
+    primal-dual method) and the exact ``analytic_vjp``, the manifold's projector
+    ``P = I - D_Z^T (D_Z D_Z^T)^{-1} D_Z`` by a banded solve (order 1: segment means) (l1);
+    ``optimality`` and ``analytic_vjp`` (l2); ``step`` and ``energy`` for both.
     :class:`bilevel.torch.Layer` batches over leading dimensions with numba kernels
     (``analytic`` and ``partial_smoothness``).
 
@@ -99,24 +123,26 @@ class TV1D(Problem):
         return f"TV1D(order={self.order}, norm={self.norm!r})"
 
     def offers(self):
-        """l1: the manifold, a mirror, order 1's closed form; l2: optimality, closed form."""
+        """l1: the manifold, a mirror, the projector's closed form; l2: optimality, closed form."""
         l1 = self.norm == "l1"
-        exact = not l1 or self.order == 1
         return Capabilities(
             optimality=None if l1 else Optimality(self.optimality),
             manifold=self.manifold if l1 else None, mirror=self.mirror if l1 else None,
-            analytic_vjp=self.analytic_vjp if exact else None,
+            analytic_vjp=self.analytic_vjp,
             step=StepMap(self.step, start=self.init), energy=self.energy,
             batch=Batch(theta_ndim=(1, 0), solve=self._solve_batch,
-                        analytic_vjp=self._vjp_batch if exact else None,
-                        manifold_vjp=self._manifold_vjp_batch if l1 else None))
+                        analytic_vjp=self._vjp_batch,
+                        manifold_vjp=self._manifold_vjp_batch if l1 else None),
+            why_not=_WHY_NOT[self.norm])
 
     @classmethod
     def examples(cls):
-        """l1 of orders 1 and 2, and l2 of order 2."""
+        """l1 of orders 1, 2 and 3 (the same capabilities), and l2 of order 2."""
         return [("tv1d-l1", cls(1), (np.array([0.0, 2.0, 3.0]), np.asarray(0.2))),
                 ("tv1d-order2", cls(2), (np.array([0.0, 2.0, 3.0, 1.0, 0.5]),
                                          np.asarray(0.2))),
+                ("tv1d-order3", cls(3), (np.array([0.8, -1.4, -2.8, -2.9, 1.9, 2.5, 0.6]),
+                                         np.asarray(0.5))),       # 3 of 4 in the zero set
                 ("tv1d-l2", cls(2, "l2"), (np.array([0.0, 2.0, 2.3]), np.asarray(0.3)))]
 
     def check_theta(self, theta):
@@ -258,7 +284,7 @@ class TV1D(Problem):
                         info={"zero_set": zero, "signs": sigma[sigma != 0]})
 
     def analytic_vjp(self, solution, v):
-        """Order-1 l1: segment means of ``v`` and the per-segment ``lam`` term; l2: banded."""
+        """l1: ``P v`` and ``-sigma^T D^k P v`` (order 1: segment means); l2: banded solve."""
         from bilevel.solvers.tv import tv_l2_vjp, tv_manifold_vjp
 
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)

@@ -26,6 +26,25 @@ from bilevel.problems.base import Capabilities, Problem, check_array
 
 __all__ = ["TV2D"]
 
+# Why TV2D lacks a capability (Capabilities.why_not).
+_WHY_NOT = {
+    "analytic_vjp": "no closed form: on its manifold the isotropic norm |(grad u)_ij| has "
+                    "curvature terms lam (I - n n^T) / |(grad u)_ij| (not polyhedral, unlike "
+                    "TV1D's): the derivative is a linear system, not a projector",
+    "manifold": "||grad u||_{2,1} is partly smooth relative to {(grad u)_Z = 0}, but the "
+                "first-order solver reaches u* only to its tolerance and does not identify Z "
+                "exactly (grad u* vanishes only to ~tol there): the manifold is not certified",
+    "optimality": "the isotropic TV ||grad u||_{2,1} is not smooth where (grad u)_ij = 0: no "
+                  "optimality residual",
+    "constraints": "u is unconstrained: no KKT system (the non-smooth TV enters through its "
+                   "dual discs, in the step and mirror maps)",
+    "straight_through": "u* is a continuous map of f (for A = I the prox of a convex penalty, "
+                        "1-Lipschitz), differentiable almost everywhere: the identity backward "
+                        "is a baseline for discontinuous maps (partitions, quantizers)",
+    "dual": "lam multiplies ||grad u||_{2,1}: E is not jointly convex in (u, lam), so p has no "
+            "convex-dual gradient; the envelope theorem gives it (envelope)",
+}
+
 
 def _torch_grad(u):
     """Forward differences along both axes, zero across the last row / column."""
@@ -110,7 +129,8 @@ class TV2D(Problem):
         return Capabilities(
             step=StepMap(self.step, start=self._step_init, state=self._step_state,
                          output=self._step_output),
-            mirror=self.mirror, energy=self.energy, batch=Batch(theta_ndim=(2, 0)))
+            mirror=self.mirror, energy=self.energy, batch=Batch(theta_ndim=(2, 0)),
+            why_not=_WHY_NOT)
 
     @classmethod
     def examples(cls):

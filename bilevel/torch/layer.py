@@ -11,6 +11,7 @@ host; the output and the gradients come back in the inputs' dtype and device (CP
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -130,11 +131,29 @@ def _reduce(grad, batch, bshape, shape):
     return g.reshape(shape)
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Restore torch's intra-op thread count after a numba kernel.
+
+    A ``prange`` kernel on numba's OpenMP layer sets the process's OpenMP thread count,
+    which torch shares: a training loop pinned to one torch thread would silently run on
+    all cores (and slow down many times on a busy machine) after the layer's first large
+    batch.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def _solve(layer, theta):
     """Solve every batch row: ``(output tensor, (batch, bshapes, solutions))``."""
     ndims = layer.theta_ndim if layer.theta_ndim is not None else tuple(t.ndim for t in theta)
     batch, size, parts, bshapes = _batch_layout(theta, ndims)
-    solutions = api.solve_batch(layer.problem, parts, layer.strategy)
+    with _torch_threads_kept():
+        solutions = api.solve_batch(layer.problem, parts, layer.strategy)
     Y = solutions.x
     out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
     ref = next((t for t in theta if t.is_floating_point()), theta[0])
@@ -156,7 +175,8 @@ class _Argmin(torch.autograd.Function):
         layer = ctx.layer
         Y = ctx.solutions.x
         V = np.ascontiguousarray(_host_float64(grad_out).reshape(Y.shape))
-        grads, _ = api.vjp_batch(layer.problem, ctx.solutions, V, layer.strategy)
+        with _torch_threads_kept():
+            grads, _ = api.vjp_batch(layer.problem, ctx.solutions, V, layer.strategy)
         out = [None]
         for k, g in enumerate(grads):
             if not ctx.needs_input_grad[k + 1]:

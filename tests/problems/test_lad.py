@@ -96,3 +96,46 @@ def test_bad_input_names_the_argument():
         bl.problems.MultiLabelSegmentation(alpha=0.0)
     with pytest.raises(ValueError, match="NaN"):
         bl.problems.MatrixGame().solve(np.array([[np.nan, 1.0]]))
+
+
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 4), extra=st.integers(1, 4))
+def test_linear_program_implicit_on_its_kkt_system(seed, m, extra):
+    """A prescribed non-degenerate vertex: basis B, x_B in [0.5, 2], reduced costs in [0.5, 2]."""
+    rng = np.random.default_rng(seed)
+    n = m + extra
+    A = rng.standard_normal((m, n))
+    B = np.sort(rng.choice(n, m, replace=False))
+    N = np.setdiff1d(np.arange(n), B)
+    assume(np.linalg.cond(A[:, B]) < 1e3)
+    x = np.zeros(n)
+    x[B] = rng.uniform(0.5, 2.0, m)
+    y = rng.standard_normal(m)
+    s = np.zeros(n)
+    s[N] = rng.uniform(0.5, 2.0, n - m)
+    b, c = A @ x, A.T @ y + s
+    prob = bl.problems.LinearProgram(A)
+    sol = prob.solve((b, c))
+    np.testing.assert_allclose(sol.x, x, atol=1e-9)
+    # Exact multipliers: nu = -y (A x = b), lam = the reduced costs (x >= 0).
+    np.testing.assert_allclose(sol.info["nu"], -y, atol=1e-9)
+    np.testing.assert_allclose(sol.info["lam"], s, atol=1e-9)
+    v = rng.standard_normal(n)
+    (g_b, g_c), info = bl.vjp(prob, (b, c), v, "implicit", return_info=True)
+    # The KKT matrix [[0, A^T, -E_N^T], [A, 0, 0], [-E_N, 0, 0]] is nonsingular at a
+    # non-degenerate vertex: dense solve, cond(A_B) < 1e3: round-off against A_B^{-T} v_B.
+    np.testing.assert_allclose(g_b, np.linalg.solve(A[:, B].T, v[B]), atol=1e-9)
+    np.testing.assert_allclose(g_c, 0.0, atol=1e-10)
+    assert not info["one_sided"]
+    # The envelope theorem on the KKT system is the multipliers' value gradient (y*, x*).
+    _, (e_b, e_c) = bl.value_gradient(prob, (b, c), "envelope")
+    np.testing.assert_allclose(e_b, y, atol=1e-9)
+    np.testing.assert_allclose(e_c, x, atol=1e-9)
+
+
+def test_lad_and_lp_reasons():
+    lad = bl.problems.LeastAbsoluteDeviation(np.ones((3, 1)))
+    with pytest.raises(bl.NotApplicable, match="not differentiable where residuals vanish"):
+        bl.vjp(lad, np.array([0.0, 1.0, 5.0]), np.ones(1), "implicit")
+    lp = bl.problems.LinearProgram(np.ones((1, 2)))
+    with pytest.raises(bl.NotApplicable, match="the minimizer of a linear program is a vertex"):
+        bl.vjp(lp, (np.array([2.0]), np.array([1.0, 3.0])), np.ones(2), "unroll")

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.optimize
+import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -95,6 +96,95 @@ def test_welsch_starts_at_the_median_or_at_init():
     assert abs(prob.solve(x, init=0.0).x) < 1e-3            # a user start in the other
 
 
+def welsch_minima(x, a):
+    """Every local minimum of the Welsch energy: a grid of step a/200, refined by brentq."""
+    F = lambda t: np.sum(dphi(t - x, "welsch", a))          # noqa: E731
+    grid = np.arange(x.min() - a, x.max() + a, a / 200)
+    g = np.array([F(t) for t in grid])
+    minima = [scipy.optimize.brentq(F, grid[i], grid[i + 1], xtol=1e-15, rtol=1e-15)
+              for i in np.flatnonzero((g[:-1] < 0) & (g[1:] >= 0))]
+    return np.array(minima)
+
+
+def test_welsch_best_start_keeps_the_lower_minimum():
+    # The median (10) lies in the basin of {10, 10.5, 11}, the mean (0.2) in the basin of the
+    # tighter {0, 0.1, 0.2}, whose energy is lower: the global minimum of the grid search.
+    x = np.array([-100.0, 0.0, 0.1, 0.2, 10.0, 10.5, 11.0, 30.0, 40.0])
+    minima = welsch_minima(x, 1.0)
+    best = minima[np.argmin([energy(t, x, "welsch", 1.0) for t in minima])]
+    y = {s: float(bl.problems.RobustPooling("welsch", 1.0, start=s).solve(x).x)
+         for s in ("median", "mean", "best")}
+    assert abs(y["median"] - 10.5) < 1e-12 and abs(best - 0.1) < 1e-12
+    # Both exact to round-off (brentq to 1e-15 against the kernel's Newton).
+    assert abs(y["best"] - best) <= 1e-12 and abs(y["mean"] - best) <= 1e-12
+
+
+@st.composite
+def two_clusters(draw):
+    """Two Gaussian clusters 3-8 alpha apart, of 2-6 points each, and 0-3 outliers."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    a = draw(st.floats(0.5, 2.0))
+    sizes = draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    x = np.concatenate([draw(st.floats(0.1, 0.6)) * a * rng.standard_normal(sizes[0]),
+                        draw(st.floats(3.0, 8.0)) * a
+                        + draw(st.floats(0.1, 0.6)) * a * rng.standard_normal(sizes[1]),
+                        rng.uniform(-30, 30, draw(st.integers(0, 3))) * a])
+    return x, a
+
+
+@given(two_clusters())
+def test_welsch_best_start_is_the_better_start_and_global_when_either_finds_it(instance):
+    x, a = instance
+    prob = bl.problems.RobustPooling("welsch", a)
+    y_med = float(prob.solve(x, init=np.median(x)).x)
+    y_mean = float(prob.solve(x, init=x.mean()).x)
+    y = float(bl.problems.RobustPooling("welsch", a, start="best").solve(x).x)
+    e = {t: energy(t, x, "welsch", a) for t in (y_med, y_mean, y)}
+    # The lower of the two starts' minima (the median's on a tie), to round-off.
+    assert e[y] <= min(e[y_med], e[y_mean]) + 1e-14 * x.size
+    assert y in (y_med, y_mean)
+    # Against the grid: y is a local minimum of the energy, and the global one whenever
+    # either start's basin holds it (the grid's minima are distinct by more than 1e-6).
+    minima = welsch_minima(x, a)
+    assert np.min(np.abs(minima - y)) <= 1e-10 * max(1.0, np.abs(x).max())
+    glob = minima[np.argmin([energy(t, x, "welsch", a) for t in minima])]
+    if min(abs(y_med - glob), abs(y_mean - glob)) <= 1e-8 * max(1.0, abs(glob)):
+        assert abs(y - glob) <= 1e-10 * max(1.0, np.abs(x).max())
+
+
+@pytest.mark.parametrize("start", ["median", "mean", "best"])
+def test_welsch_starts_agree_between_the_single_and_the_batched_solve(rng, start):
+    X = np.concatenate([rng.standard_normal((40, 9)),
+                        np.where(rng.random((40, 9)) < 0.4, rng.uniform(-6, 6, (40, 9)), 0.0)],
+                       axis=1)
+    prob = bl.problems.RobustPooling("welsch", 1.0, start=start)
+    layer = bl.torch.Layer(prob)
+    Y = layer(torch.tensor(X)).numpy()
+    np.testing.assert_array_equal(Y, prob.solve(X).x)
+    # Row by row: the same local minima (a row's mean may differ from the batch's by an ulp).
+    np.testing.assert_allclose(Y, [prob.solve(row).x for row in X], rtol=0, atol=1e-14)
+    # The other penalties do not depend on the start.
+    for penalty in ("pseudo_huber", "huber", "truncated_quadratic"):
+        np.testing.assert_array_equal(
+            bl.problems.RobustPooling(penalty, 1.0, start=start).solve(X).x,
+            bl.problems.RobustPooling(penalty, 1.0).solve(X).x)
+
+
+def test_welsch_best_start_warns_where_the_two_minima_tie():
+    # Median 10 and mean 0 in clusters of equal size and spread, far from the rest: the
+    # two minima have the same energy to round-off, and the pooled value jumps there.
+    x = np.array([[-100.0, 0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 30.0, 40.0],
+                  [-100.0, 0.0, 0.1, 0.2, 10.0, 10.5, 11.0, 30.0, 40.0]])
+    prob = bl.problems.RobustPooling("welsch", 1.0, start="best")
+    np.testing.assert_allclose(prob.solve(x).info["gap"], [0.0, 0.22503115], atol=1e-8)
+    xt = torch.tensor(x, requires_grad=True)
+    with pytest.warns(bl.DegeneracyWarning):
+        bl.torch.Layer(prob)(xt).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bl.torch.Layer(prob)(xt[1:]).sum().backward()
+
+
 @given(samples(max_n=12), st.floats(0.3, 3.0))
 def test_truncated_quadratic_is_the_global_minimum(instance, a):
     x, _ = instance
@@ -182,6 +272,50 @@ def test_analytic_vjp_equals_finite_differences(instance, penalty):
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-7)
 
 
+@given(samples(max_n=12), st.sampled_from(PENALTIES[:4]),
+       st.sampled_from(["median", "mean", "best"]))
+def test_step_map_fixed_point_and_unroll_equal_analytic(instance, penalty, start):
+    x, a = instance
+    prob = bl.problems.RobustPooling(penalty, a, start=start)
+    assume(away_from_kinks(prob, x))
+    y = prob.solve(x).x
+    # The gradient step contracts by 1 - F'(y*) / L: keep the replay within max_steps.
+    curvature = np.sum(_d2phi(y - x, penalty, a))
+    bound = x.size / a**2 if penalty == "welsch" else x.size
+    assume(curvature / bound > 5e-3)
+    if penalty == "welsch":
+        # A start at a stationary point that is no minimum (the median halfway between two
+        # clusters) is a fixed point of the step: unroll stays there and warns (the solver
+        # leaves it towards the nearest point). Keep starts whose downhill side is clear.
+        z = prob.capabilities.step.start((x,)) - x
+        slope = np.sum(dphi(z, "welsch", a))
+        assume(np.sum(_d2phi(z, "welsch", a)) > 0 or abs(slope) > 1e-3 * x.size / a)
+    v = np.asarray(0.7)
+    g = bl.vjp(prob, x, v, "analytic")
+    # fixed_point: one 1x1 solve of the step map's linearization, round-off only.
+    np.testing.assert_allclose(bl.vjp(prob, x, v, "fixed_point"), g, rtol=1e-9, atol=1e-12)
+    # unroll replays the step from the solver's start until its iterate and adjoint
+    # residual are within 1e-10 of the fixed point: the error is of that order.
+    np.testing.assert_allclose(bl.vjp(prob, x, v, "unroll"), g, rtol=1e-7, atol=1e-9)
+
+
+def test_truncated_quadratic_offers_no_step_and_says_why():
+    prob = bl.problems.RobustPooling("truncated_quadratic", 1.0)
+    assert "step" not in prob.capabilities.names
+    with pytest.raises(bl.NotApplicable, match="global minimizer"):
+        bl.vjp(prob, np.array([0.0, 0.3, 5.0]), np.asarray(1.0), "unroll")
+
+
+def _d2phi(z, penalty, a):
+    if penalty == "pseudo_huber":
+        return (1 + (z / a) ** 2) ** -1.5
+    if penalty == "huber":
+        return (np.abs(z) <= a).astype(float)
+    if penalty == "welsch":
+        return (1 - z**2 / a**2) * np.exp(-(z**2) / (2 * a**2)) / a**2
+    return np.ones_like(z)
+
+
 def _tq_gap(x, a, y):
     xs = np.sort(x)
     energies = sorted({energy(xs[j:k].mean(), x, "truncated_quadratic", a)
@@ -210,6 +344,8 @@ def test_bad_input_raises_value_error():
         bl.problems.RobustPooling("huber", float("nan"))
     with pytest.raises(ValueError, match="penalty must be one of"):
         bl.problems.RobustPooling("cauchy")
+    with pytest.raises(ValueError, match="start must be one of median, mean, best"):
+        bl.problems.RobustPooling("welsch", start="lowest")
     prob = bl.problems.RobustPooling()
     with pytest.raises(ValueError, match="NaN"):
         prob.solve(np.array([1.0, np.nan]))

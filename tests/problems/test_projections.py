@@ -207,3 +207,144 @@ def test_bad_input_raises_value_error():
             prob.solve(np.asarray(1.0))
         with pytest.raises(ValueError, match="v must have shape"):
             bl.vjp(prob, np.ones(3), np.ones(2), "analytic")
+
+
+# --- the capabilities of issue 14: constraints, manifold, dual, mirror, reasons ---
+SMOOTH_SETS = ("l2_sphere", "l2_ball", "linf_ball", "simplex")
+
+
+def kkt_stationarity(x, y, kind, r, nu, lam):
+    """``y - x + J_c(y)^T mu`` with the constraint Jacobians written out (one row)."""
+    if kind == "l2_sphere":
+        return y - x + nu[0] * 2 * y
+    if kind == "l2_ball":
+        return y - x + lam[0] * 2 * y
+    if kind == "linf_ball":
+        n = x.size
+        return y - x + lam[:n] - lam[n:]
+    return y - x + nu[0] - lam
+
+
+@given(points(), st.sampled_from(SMOOTH_SETS))
+def test_implicit_on_the_kkt_system_equals_the_exact_jacobian(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(stable(prob, x))
+    sol = prob.solve(x)
+    nu, lam = sol.info["nu"], sol.info["lam"]
+    # The solver's multipliers are exact: stationarity to round-off of max(|x|, r), and
+    # complementary (zero off the active constraints, >= 0).
+    scale = max(np.abs(x).max(), r)
+    np.testing.assert_allclose(kkt_stationarity(x, sol.x, kind, r, nu, lam), 0.0,
+                               atol=1e-12 * scale)
+    assert np.all(lam >= 0)
+    v = np.random.default_rng(5).standard_normal(x.size)
+    g, info = bl.vjp(prob, x, v, "implicit", return_info=True)
+    assert info["multipliers"] in ("solver", "not needed") and not info["one_sided"]
+    # The KKT system [[I + 2 mu I, A^T], [A, 0]] solved densely (n <= 10 + constraints):
+    # round-off against the closed-form Jacobian written out in this file.
+    np.testing.assert_allclose(g, jacobian_zero(x, sol.x, kind, r).T @ v, rtol=1e-9,
+                               atol=1e-11)
+
+
+def test_kkt_over_leading_axes_is_row_by_row(rng):
+    x = 1.5 * rng.standard_normal((2, 3, 4))
+    v = rng.standard_normal(x.shape)
+    for kind in SMOOTH_SETS:
+        prob = bl.problems.Projection(kind, 1.2)
+        sol = prob.solve(x)
+        assert sol.info["margin"] > 1e-3
+        system = prob.capabilities.constraints.system(sol)
+        # One equality or inequality per row (l2 sets), 2n per row (linf), n + 1 (simplex).
+        p, q = np.size(system.info["nu"]), np.size(system.info["lam"])
+        assert (p, q) == {"l2_sphere": (6, 0), "l2_ball": (0, 6), "linf_ball": (0, 48),
+                          "simplex": (6, 24)}[kind]
+        g = bl.vjp(prob, x, v, "implicit")
+        rows = np.array([[bl.vjp(prob, x[i, j], v[i, j], "analytic") for j in range(3)]
+                         for i in range(2)])
+        # Dense KKT solve of size <= 72 against the row kernels: round-off.
+        np.testing.assert_allclose(g, rows, atol=1e-10)
+
+
+@given(points(), st.sampled_from(SETS))
+def test_manifold_is_the_face_and_its_vjp_and_jvp_are_the_exact_jacobian(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(stable(prob, x))
+    sol = prob.solve(x)
+    J = jacobian_zero(x, sol.x, kind, r)
+    manifold = prob.capabilities.manifold(sol)
+    # The face's dimension is the Jacobian's rank (a scaled projector onto its tangent).
+    assert manifold.dim == np.linalg.matrix_rank(J, tol=1e-9)
+    assert manifold.margin == pytest.approx(sol.info["margin"], rel=1e-12)
+    v = np.random.default_rng(6).standard_normal(x.size)
+    # Same kernel as analytic, checked against the dense formula: round-off.
+    np.testing.assert_allclose(bl.vjp(prob, x, v, "partial_smoothness"), J.T @ v, rtol=1e-12,
+                               atol=1e-13)
+    np.testing.assert_allclose(bl.jvp(prob, x, v, "partial_smoothness"), J @ v, rtol=1e-12,
+                               atol=1e-13)
+    # Even with plateau="tangent" (whose analytic is Proposition 4.5's), the face is exact.
+    tangent = bl.problems.Projection(kind, r, plateau="tangent")
+    np.testing.assert_allclose(bl.vjp(tangent, x, v, "partial_smoothness"), J.T @ v,
+                               rtol=1e-12, atol=1e-13)
+
+
+@given(points(), st.sampled_from(SETS))
+def test_dual_is_the_moreau_gradient(value_fd, instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(stable(prob, x) and np.linalg.norm(x) > 1e-3)
+    value, grad = bl.value_gradient(prob, x, "value_function")
+    y = reference(x, kind, r)
+    # Closed form: p = dist(x, C)^2 / 2, grad p = x - P_C(x); the projections agree to ulps.
+    np.testing.assert_allclose(value, 0.5 * np.sum((x - y) ** 2), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(grad, x - y, atol=1e-12 * max(np.abs(x).max(), r))
+    # Central differences of p (step 1e-6, p smooth within the margin > 1e-3): ~1e-9.
+    d = np.random.default_rng(7).standard_normal(x.size)
+    assert value_fd(prob, x, d) == pytest.approx(grad @ d, rel=1e-6, abs=1e-8)
+
+
+@given(points(max_n=6), st.sampled_from(["linf_ball", "simplex"]))
+def test_bregman_on_the_box_and_simplex_entropies(instance, kind):
+    x, r = instance
+    prob = bl.problems.Projection(kind, r)
+    assume(prob.solve(x).info["margin"] > 0.05)
+    y = prob.solve(x).x
+    v = np.random.default_rng(8).standard_normal(x.size)
+    g, info = bl.vjp(prob, x, v, "bregman", return_info=True)
+    # The forward pass stops at residual 1e-12 (linear convergence, margin > 0.05): the
+    # unrolled derivative is within ~1e-9 of the exact Jacobian (written out densely).
+    assert info["residual"] <= 1e-12 and info["replay_error"] <= 1e-12
+    np.testing.assert_allclose(g, jacobian_zero(x, y, kind, r).T @ v, atol=1e-8)
+
+
+def test_bregman_over_leading_axes(rng):
+    x = 1.5 * rng.standard_normal((3, 5))
+    v = rng.standard_normal(x.shape)
+    for kind in ("linf_ball", "simplex"):
+        prob = bl.problems.Projection(kind, 1.0)
+        assert prob.solve(x).info["margin"] > 1e-2
+        # Linear convergence to 1e-12 on every row at once: ~1e-9 of the exact VJP.
+        np.testing.assert_allclose(bl.vjp(prob, x, v, "bregman"), bl.vjp(prob, x, v, "analytic"),
+                                   atol=1e-8)
+
+
+def test_capabilities_by_set_and_their_reasons():
+    from bilevel._registry import why_not_applicable
+
+    for kind in SETS:
+        caps = bl.problems.Projection(kind).capabilities
+        assert {"analytic_vjp", "step", "energy", "manifold", "dual"} <= caps.names
+        assert ("constraints" in caps) == (kind in SMOOTH_SETS)
+        assert ("mirror" in caps) == (kind in ("linf_ball", "simplex"))
+        for name in ("implicit", "bregman", "straight_through"):
+            strategy = bl._registry.STRATEGIES[name]
+            if name not in bl._registry.applicable_strategies(bl.problems.Projection(kind)):
+                assert why_not_applicable(strategy, bl.problems.Projection(kind))
+    prob = bl.problems.Projection("l1_ball")
+    assert "not differentiable where a coordinate vanishes" in prob.capabilities.why_not[
+        "constraints"]
+    with pytest.raises(bl.NotApplicable, match="no optimality: the l1 ball is described"):
+        bl.vjp(prob, np.array([1.0, 0.8, -0.1]), np.ones(3), "implicit")
+    with pytest.raises(bl.NotApplicable, match="sublinearly"):
+        bl.vjp(bl.problems.Projection("l2_ball"), np.array([2.0, 0.0]), np.ones(2), "bregman")

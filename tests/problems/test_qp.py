@@ -255,3 +255,81 @@ def test_moment_matrix_validation():
         moment_matrix([1.0, 1.0, 2.0], 0, 2)
     with pytest.raises(ValueError, match="derivative_order"):
         moment_matrix([1.0, 2.0], -1, 2)
+
+
+# --- the capabilities of issue 14: the active face, step maps, reasons ---
+@given(seed=st.integers(0, 2**32 - 1), n=sizes, extra=st.integers(0, 4),
+       frac=st.floats(0.0, 1.0))
+def test_qp_face_with_fixed_h_is_the_kkt_derivative(qp_instance, kkt_vjp, seed, n, extra, frac):
+    n_active = int(round(frac * n))
+    Q, G, c, h, x, lam = qp_instance(seed, n, n + extra, n_active)
+    prob = QP(Q, G, h)
+    sol = prob.solve(c)
+    manifold = prob.capabilities.manifold(sol)
+    # The face {x : G_A x = h_A}: dimension n - |A| (independent active normals), margin
+    # from the prescribed multipliers (>= 0.5) and slacks (>= 0.3), relative.
+    assert manifold.dim == n - n_active and manifold.margin > 1e-2
+    v = np.random.default_rng(seed + 4).standard_normal(n)
+    ref_c, _ = kkt_vjp(Q, G[:n_active], v)
+    # -B (B^T Q B)^{-1} B^T v against the dense KKT solve written in conftest (cond <= ~1e4).
+    np.testing.assert_allclose(bl.vjp(prob, c, v, "partial_smoothness"), ref_c, atol=1e-9)
+    dc = np.random.default_rng(seed + 5).standard_normal(n)
+    np.testing.assert_allclose(bl.jvp(prob, c, dc, "partial_smoothness"),
+                               bl.jvp(prob, c, dc, "finite_difference"), atol=1e-6)
+
+
+def test_qp_face_needs_a_fixed_h(qp_instance):
+    Q, G, c, h, x, lam = qp_instance(3, 4, 6, 2)
+    prob = QP(Q, G)
+    assert "manifold" not in prob.capabilities
+    assert "offset depends on theta" in prob.capabilities.why_not["manifold"]
+    with pytest.raises(bl.NotApplicable, match="h moves the active face"):
+        bl.vjp(prob, (c, h), np.ones(4), "partial_smoothness")
+    with pytest.raises(ValueError, match="has no manifold"):
+        prob.manifold(prob.solve((c, h)))
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=sizes, extra=st.integers(0, 4),
+       frac=st.floats(0.0, 1.0))
+def test_nnls_free_face_and_projected_step(nnls_instance, seed, n, extra, frac):
+    n_zero = int(round(frac * n))
+    A, b, x, lam = nnls_instance(seed, n + extra, n, n_zero)
+    prob = NNLS(A)
+    sol = prob.solve(b)
+    manifold = prob.capabilities.manifold(sol)
+    # Free set of size n - n_zero; margin: free entries >= 0.5, multipliers >= 0.5, relative.
+    assert manifold.dim == n - n_zero and manifold.margin > 1e-2
+    np.testing.assert_allclose(manifold.info["lam"], lam[:n_zero], atol=1e-8)
+    v = np.random.default_rng(seed + 6).standard_normal(n)
+    F = np.flatnonzero(x > 0)
+    ref = A[:, F] @ np.linalg.solve(A[:, F].T @ A[:, F], v[F]) if F.size else np.zeros(n + extra)
+    # Cholesky of A_F^T A_F against a dense solve, cond(A) a few tens: round-off.
+    np.testing.assert_allclose(bl.vjp(prob, b, v, "partial_smoothness"), ref, atol=1e-9)
+    # The projected gradient step contracts at 1 - sigma_min(A_F)^2 / ||A||^2 on the face:
+    # GMRES on its fixed point to 1e-12.
+    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
+    np.testing.assert_allclose(bl.vjp(prob, b, v, fp), ref, atol=1e-8)
+
+
+def test_nnls_face_on_dependent_columns_names_pinv():
+    A = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])   # collinear columns: x* not unique
+    prob = NNLS(A)
+    sol = Solution(x=np.array([0.5, 0.5]), theta=np.array([1.0, 1.0, 0.0]), n_iter=0,
+                   converged=True, info={})
+    with pytest.raises(bl.SingularSystemError, match="pinv"):
+        bl.strategies.PartialSmoothness().vjp(prob, sol, np.array([1.0, -1.0]))
+    # The pseudo-inverse: the minimum-norm derivative, A_F (A_F^T A_F)^+ v_F.
+    g, _ = bl.strategies.PartialSmoothness(pinv=True).vjp(prob, sol, np.array([1.0, 1.0]))
+    np.testing.assert_allclose(g, A @ np.linalg.pinv(A.T @ A) @ np.ones(2), atol=1e-12)
+
+
+def test_equality_constrained_ls_step_is_half_the_projector():
+    D, beta = moment_matrix([-0.1, 0.1, 0.2], 0, 2)
+    prob = EqualityConstrainedLS(D, beta)
+    xi = np.array([0.3, 0.5, 0.1])
+    v = np.array([1.0, -2.0, 0.5])
+    # T(z) = P (z + xi)/2 + D^+ beta: dT/dz = P/2, dT/dxi = P/2, so (I - P/2)^{-1} P/2 = P.
+    for name in ("fixed_point", "unroll"):
+        np.testing.assert_allclose(bl.vjp(prob, xi, v, name), prob.P @ v, atol=1e-9,
+                                   err_msg=name)
+    assert "no inequality can switch" in prob.capabilities.why_not["manifold"]

@@ -3,7 +3,7 @@
 import numpy as np
 import scipy.special
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import bilevel as bl
@@ -153,3 +153,119 @@ def test_entropic_simplex_minimizes_its_energy(rng):
     np.testing.assert_allclose(energy(p), -scipy.special.logsumexp(z), rtol=1e-13)
     step = prob.step(torch.tensor(p), torch.tensor(z)).numpy()
     np.testing.assert_allclose(step, p, rtol=1e-14)         # a fixed point
+
+
+# --- the capabilities of issue 14 ---
+def support_vjp(A, x, v):
+    """(dx*/db)^T v on the support S: the KKT system [[A_S^T A_S, 1], [1^T, 0]], dense."""
+    S = np.flatnonzero(x > 1e-9)
+    k = S.size
+    K = np.block([[A[:, S].T @ A[:, S], np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
+    u = np.linalg.solve(K, np.concatenate([v[S], [0.0]]))[:k]
+    return A[:, S] @ u
+
+
+@given(simplex_ls())
+def test_simplex_ls_face_kkt_and_step_give_the_support_jacobian(instance):
+    A, b = instance
+    prob = bl.problems.SimplexLeastSquares(A)
+    sol = prob.solve(b)
+    manifold = prob.capabilities.manifold(sol)
+    assume(manifold.margin > 1e-3)            # away from a support change
+    assume(np.linalg.svd(A, compute_uv=False).min() > 1e-2)
+    S = np.flatnonzero(sol.x > 1e-9)
+    assert manifold.dim == S.size - 1
+    # The multipliers are exact: g + nu - lam = 0, lam >= 0 off the support, 0 on it.
+    g = A.T @ (A @ sol.x - b)
+    np.testing.assert_allclose(g + sol.info["nu"][0] - sol.info["lam"], 0.0, atol=1e-10)
+    assert np.all(sol.info["lam"] >= -1e-12) and np.all(sol.info["lam"][S] == 0)
+    v = np.random.default_rng(9).standard_normal(A.shape[1])
+    ref = support_vjp(A, sol.x, v)
+    # Dense KKT solves (cond <= ~1e6 with sigma_min(A) > 1e-2): 1e-8 relative.
+    scale = max(1.0, np.abs(ref).max())       # a vertex (one-point support): ref = 0
+    for name in ("partial_smoothness", "implicit", "analytic"):
+        np.testing.assert_allclose(bl.vjp(prob, b, v, name), ref, atol=1e-8 * scale,
+                                   err_msg=name)
+    # The projected gradient step's fixed point: its Jacobian (I - H/L) on the face, GMRES
+    # to 1e-12 on a contraction of rate 1 - mu/L.
+    fp = bl.strategies.FixedPoint(method="gmres", tol=1e-12)
+    np.testing.assert_allclose(bl.vjp(prob, b, v, fp), ref, atol=1e-7 * scale)
+
+
+def test_segmentation_face_kkt_and_step_match_the_support_jacobian():
+    rng = np.random.default_rng(0)
+    img = np.zeros((3, 4))
+    img[:, 2:] = 1.0
+    img[1, 1] = 0.5
+    C = (img[..., None] + 0.05 * rng.standard_normal(img.shape)[..., None]
+         - np.array([0.0, 0.5, 1.0])) ** 2
+    prob = bl.problems.MultiLabelSegmentation(mu=0.1, alpha=1.0)
+    sol = prob.solve(C)
+    assert (sol.x < 1e-9).any() and ((sol.x > 1e-3) & (sol.x < 1 - 1e-3)).any()
+    assert prob.capabilities.manifold(sol).margin > 1e-3
+    v = rng.standard_normal(C.shape)
+    exact = bl.vjp(prob, C, v, "analytic")
+    D = rng.standard_normal(C.shape)
+    h = 1e-5
+    fd = (np.vdot(v, prob.solve(C + h * D).x) - np.vdot(v, prob.solve(C - h * D).x)) / (2 * h)
+    # Central difference along D: O(h^2) = 1e-10, the polished solves exact to ~1e-15.
+    np.testing.assert_allclose(np.vdot(exact, D), fd, rtol=1e-7, atol=1e-9)
+    # Dense solves of the same support system (partial_smoothness), of the KKT system with
+    # the solver's exact multipliers (implicit): round-off. GMRES on the projected
+    # gradient step's fixed point (rate 1 - alpha/L = 0.44 on the face) to 1e-12.
+    for strategy, tol in (("partial_smoothness", 1e-12), ("implicit", 1e-10),
+                          (bl.strategies.FixedPoint(method="gmres", tol=1e-12), 1e-9)):
+        np.testing.assert_allclose(bl.vjp(prob, C, v, strategy), exact, atol=tol)
+
+
+def test_matrix_game_value_gradient_is_x_y_transpose():
+    a, b, c, d = 2.0, -1.0, -1.0, 1.0
+    A = np.array([[a, b], [c, d]])
+    prob = bl.problems.MatrixGame()
+    value, grad = bl.value_gradient(prob, A, "value_function")
+
+    def closed_form(A):
+        (a, b), (c, d) = A
+        return (a * d - b * c) / (a - b - c + d)     # the 2 x 2 fully mixed game's value
+
+    np.testing.assert_allclose(value, closed_form(A), rtol=1e-12)
+    # Central differences of the closed form (step 1e-6, smooth): ~1e-10.
+    h = 1e-6
+    fd = np.array([[(closed_form(A + h * E) - closed_form(A - h * E)) / (2 * h)
+                    for E in np.eye(4).reshape(4, 2, 2)[2 * i:2 * i + 2]] for i in range(2)])
+    np.testing.assert_allclose(grad, fd, atol=1e-9)
+    # A 4 x 3 game: the dual certificate against finite differences of the solved value
+    # (exact polish on the supports: 4th-order stencil, ~1e-9).
+    A = np.random.default_rng(5).standard_normal((4, 3))
+    _, grad = bl.value_gradient(prob, A, "value_function")
+    np.testing.assert_allclose(grad, bl.value_gradient(prob, A, "finite_difference")[1],
+                               atol=1e-7)
+    with np.testing.assert_raises(bl.NotApplicable):
+        bl.value_gradient(prob, A, "envelope")
+
+
+@given(points(max_n=8), st.sampled_from([0.3, 0.5, 0.9]))
+def test_entropic_simplex_bregman_is_its_mirror_descent(instance, eta):
+    z, _ = instance
+    prob = bl.problems.EntropicSimplex(step_size=eta)
+    p = prob.solve(z).x
+    v = np.random.default_rng(10).standard_normal(z.size)
+    g, info = bl.vjp(prob, z, v, "bregman", return_info=True)
+    # x_k = softmax((1 - (1 - eta)^k) z): the forward pass stops at residual 1e-12, so x_k
+    # and its derivative (1 - (1-eta)^k) J(x_k) are within ~1e-11 of p and J v.
+    assert info["residual"] <= 1e-12 and info["replay_error"] <= 1e-13
+    a = 1.0 - (1.0 - eta) ** info["iterations"]
+    x_k = scipy.special.softmax(a * z)
+    np.testing.assert_allclose(g, a * (np.diag(x_k) - np.outer(x_k, x_k)) @ v, rtol=1e-10,
+                               atol=1e-13)
+    np.testing.assert_allclose(g, (np.diag(p) - np.outer(p, p)) @ v, atol=1e-10)
+
+
+def test_entropic_simplex_bregman_over_leading_axes(rng):
+    z = 2.0 * rng.standard_normal((2, 3, 4))
+    prob = bl.problems.EntropicSimplex()
+    v = rng.standard_normal(z.shape)
+    g = bl.vjp(prob, z, v, "bregman")
+    p = scipy.special.softmax(z, axis=-1)
+    # The simplex is the last axis: p (v - <p, v>) row by row; 1e-12 residual: ~1e-10.
+    np.testing.assert_allclose(g, p * (v - (p * v).sum(axis=-1, keepdims=True)), atol=1e-10)

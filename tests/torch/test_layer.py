@@ -1,6 +1,7 @@
 """bl.torch.Layer per problem family: batches against loops, gradcheck, dtypes, bad input."""
 
 import itertools
+import os
 import warnings
 
 import numpy as np
@@ -165,6 +166,22 @@ class TestPooling:
         y64 = bl.problems.RobustPooling("welsch", 1.0).solve(x.detach().double().numpy()).x
         np.testing.assert_allclose(y.detach().numpy(), y64, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(x.grad.sum(dim=-1).numpy(), 1.0, rtol=1e-5)
+
+    @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no thread team to leak")
+    def test_a_parallel_kernel_leaves_torch_threads_as_they_were(self, rng):
+        # 64 * 64 * 128 entries take the prange kernels, whose OpenMP team would otherwise
+        # reset the thread count that torch shares with numba
+        layer = bl.torch.Layer(bl.problems.RobustPooling("welsch", 1.0))
+        x = torch.tensor(rng.standard_normal((64, 64, 128)), requires_grad=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            y = layer(x)
+            assert torch.get_num_threads() == 1
+            y.sum().backward()
+            assert torch.get_num_threads() == 1
+        finally:
+            torch.set_num_threads(threads)
 
 
 class TestProjections:
