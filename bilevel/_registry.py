@@ -191,6 +191,10 @@ def get_strategy(spec, problem=None, registry=None):
             raise ValueError(f"strategy {spec.name!r} is a "
                              f"{'VJP' if value else 'value'} strategy; here a "
                              f"{'value' if value else 'VJP'} strategy is needed")
+        if isinstance(spec, type) and issubclass(spec, (expected, other)):
+            raise TypeError(f"strategy must be a strategy object, got the class "
+                            f"{spec.__name__}: instantiate it, {spec.__name__}(), or pass "
+                            "its name")
         raise TypeError(f"strategy must be a registered name, a strategy object or None, "
                         f"got {spec!r}")
     return spec

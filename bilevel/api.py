@@ -34,6 +34,7 @@ from bilevel._types import (
     like_structure,
 )
 from bilevel.losses import Loss, OptimalValue
+from bilevel.parallel import InstanceSum, map_instances, sum_instances
 from bilevel.problems.base import check_array
 from bilevel.strategies import FiniteDifference, Strategy, ValueFiniteDifference
 
@@ -132,20 +133,30 @@ def jvp(problem, theta, dtheta, strategy=None, *, init=None, return_info=False):
     if len(dparts) != len(parts):
         raise ValueError(f"dtheta must have theta's structure ({len(parts)} part(s)), "
                          f"got {len(dparts)}")
-    dparts = tuple(np.broadcast_to(check_array(d, "dtheta"), np.shape(p)).copy()
-                   for d, p in zip(dparts, parts))
+    dparts = tuple(_check_tangent(d, p, k) for k, (d, p) in enumerate(zip(dparts, parts)))
     dx, info = strat.jvp(problem, sol, like_structure(dparts, sol.theta))
     info = {**info, "strategy": strat.name, "solution": sol}
     return (dx, info) if return_info else dx
 
 
+def _check_tangent(d, part, k):
+    """Part ``k`` of a tangent ``dtheta``: finite, a scalar or theta's part's shape."""
+    d = check_array(d, f"dtheta (part {k})")
+    if d.ndim and d.shape != np.shape(part):
+        raise ValueError(f"dtheta (part {k}) must have theta's shape {np.shape(part)} (or be a "
+                         f"scalar, broadcast), got {d.shape}")
+    return np.broadcast_to(d, np.shape(part)).copy()
+
+
 def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=None,
-                  log_scale=False, return_info=False):
+                  log_scale=False, return_info=False, executor=None):
     """Value and gradient of ``theta -> L(x*(theta), theta)``.
 
     Parameters
     ----------
-    problem : Problem
+    problem : Problem or InstanceSum
+        An :class:`~bilevel.InstanceSum` sums over lower-level instances, each with its own
+        loss (``loss`` is then None); their solves and VJPs go through ``executor``.
     loss : callable
         ``loss(x, theta) -> scalar`` in torch, or a ready loss from :mod:`bilevel.losses`;
         :class:`bilevel.losses.OptimalValue` makes it :func:`value_gradient`.
@@ -159,7 +170,12 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
     log_scale : bool
         Return ``dL/dlog(theta) = theta * dL/dtheta`` instead.
     return_info : bool
-        Also return info: the strategy's, plus ``strategy``, ``solution``, ``solve_time``.
+        Also return info: the strategy's, plus ``strategy``, ``solution``, ``solve_time``
+        (for an InstanceSum: ``strategy``, ``n_iter`` summed and ``instances``, the
+        per-instance ``(value, grad, info)``).
+    executor : concurrent.futures.Executor, distributed.Client or None
+        For an InstanceSum: where its instances run (see :mod:`bilevel.parallel`); None
+        runs them one after another here. Results do not depend on it.
 
     Returns
     -------
@@ -176,7 +192,24 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
     >>> round(float(grad), 6)   # x* = y/2 / (1/2 + lam): dL/dlam = -|x*|^2 / (1/2 + lam)
     -1.25
     """
+    if isinstance(problem, InstanceSum):
+        if loss is not None or init is not None or warm_start is not None:
+            raise ValueError("with an InstanceSum, loss, init and warm_start must be None: "
+                             "each instance carries its own loss and solves from its default")
+        results = map_instances(problem, theta, strategy, executor=executor,
+                                log_scale=log_scale)
+        value, grad = sum_instances(problem, results)
+        info = {"strategy": results[0][2]["strategy"], "solution": None, "instances": results,
+                "n_iter": sum(r[2]["n_iter"] for r in results)}
+        return (value, grad, info) if return_info else (value, grad)
+    if executor is not None:
+        raise ValueError("executor applies to an InstanceSum problem (many instances); "
+                         "pass executor=None for a single problem")
     check_problem(problem)
+    if warm_start is not None and not all(
+            np.all(np.isfinite(np.asarray(w, dtype=np.float64))) for w in as_tuple(warm_start)):
+        raise ValueError("warm_start contains NaN or Inf: pass a previous info['warm_start'] "
+                         "(from a finite hypergradient) or None")
     if isinstance(loss, OptimalValue):     # L = p(theta): a value strategy
         value, grad, info = value_gradient(problem, theta, strategy, init=init,
                                            return_info=True)
@@ -258,15 +291,17 @@ def solve_batch(problem, parts, strategy=None):
     ``parts`` are theta's parts, each stacked along a first axis ``B``. When the strategy
     uses the problem's batched kernel (``strategy.batch_kernel``), every row is solved by
     the problem's batched solve; otherwise row by row, keeping each row's certificate.
+    Either way every row is first validated by ``problem.check_batch``, the single solve's
+    ``check_theta`` per row: a bad row raises a ValueError naming the row.
     """
     check_problem(problem)
     strat = get_strategy(strategy, problem)
     check_applicable(strat, problem)
     parts = tuple(np.ascontiguousarray(p, dtype=np.float64) for p in parts)
+    size = problem.check_batch(parts)      # one validation path, single and batched
     if strat.batch_kernel(problem) is not None:
         return problem.capabilities.batch.solve(*parts)
     template = parts if len(parts) > 1 else parts[0]
-    size = parts[0].shape[0] if parts else 0
     solutions = tuple(problem.solve(like_structure(tuple(p[b] for p in parts), template))
                       for b in range(size))
     return BatchSolution(x=np.stack([s.x for s in solutions]), parts=parts,
@@ -438,7 +473,7 @@ _OPTIMIZERS = {"gd": (torch.optim.SGD, 0.1), "adam": (torch.optim.Adam, 0.1),
 
 
 def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=100, lr=None,
-             log_scale=False, trainable=None, progress=True, callback=None):
+             log_scale=False, trainable=None, progress=True, callback=None, executor=None):
     """Minimize ``theta -> L(x*(theta), theta)`` by a first-order outer loop.
 
     Each outer step warm-starts the inner solve from the previous ``x*`` and the strategy's
@@ -447,7 +482,9 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     Parameters
     ----------
     problem, loss, theta0
-        As for :func:`hypergradient`; ``theta0`` is the starting point.
+        As for :func:`hypergradient`; ``theta0`` is the starting point. ``problem`` may be
+        an :class:`~bilevel.InstanceSum` (``loss`` None): the mean loss over instances,
+        whose solves and VJPs run on ``executor`` (each from its default start).
     strategy : Strategy, str or None
     optimizer : {"gd", "adam", "lbfgs"}
         ``torch.optim`` SGD, Adam, or L-BFGS with a strong-Wolfe line search.
@@ -461,25 +498,51 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
         For a tuple theta, which parts are optimized (default: all); the others stay at
         their ``theta0`` value, e.g. ``(False, True)`` learns only ``lam`` of
         ``TV2D``'s ``(f, lam)``. ``log_scale`` applies to the trainable parts.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool or {"bar", "lines"}
+        Report progress on stderr after every evaluation of the hypergradient: a tqdm bar
+        (``"bar"``), or one line per outer step (``"lines"``, for logs and pipes). True
+        picks the bar on a terminal and lines elsewhere; False is silent.
     callback : callable, optional
         ``callback(step, theta, loss, grad)``; returning True stops the loop.
+    executor : concurrent.futures.Executor, distributed.Client or None
+        Where an InstanceSum's instances run (see :mod:`bilevel.parallel`).
 
     Returns
     -------
     MinimizeResult
+
+    Warns
+    -----
+    RuntimeWarning
+        When the final upper loss is above the starting one: the steps overshoot. The
+        message names the knobs to change (``lr``, ``optimizer``, ``strategy``).
     """
-    check_problem(problem)
+    many = isinstance(problem, InstanceSum)
+    if many:
+        if loss is not None:
+            raise ValueError("with an InstanceSum, loss must be None: each instance carries "
+                             "its own loss")
+        members = [p for p, _ in problem.instances]
+    elif executor is not None:
+        raise ValueError("executor applies to an InstanceSum problem (many instances); "
+                         "pass executor=None for a single problem")
+    else:
+        members = [problem]
+    for member in members:
+        check_problem(member)
+    lead = members[0]
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if progress not in (True, False, "bar", "lines"):
+        raise ValueError(f"progress must be True, False, 'bar' or 'lines', got {progress!r}")
     optimal_value = isinstance(loss, OptimalValue)    # L = p(theta): a value strategy
-    strat = get_strategy(strategy, problem, VALUE_STRATEGIES if optimal_value else None)
-    check_applicable(strat, problem)
+    strat = get_strategy(strategy, lead, VALUE_STRATEGIES if optimal_value else None)
+    for member in members:
+        check_applicable(strat, member)
     name = strat.name
-    start_parts = problem.check_theta(theta0)
+    start_parts = lead.check_theta(theta0)
     trainable = (True,) * len(start_parts) if trainable is None else tuple(map(bool, trainable))
     if len(trainable) != len(start_parts) or not any(trainable):
         raise ValueError(f"trainable must give one bool per theta part ({len(start_parts)}), "
@@ -489,13 +552,15 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     params = [torch.tensor(np.log(p) if log_scale else p, requires_grad=True)
               for p, t in zip(start_parts, trainable) if t]
     cls, default_lr = _OPTIMIZERS[optimizer]
+    lr = default_lr if lr is None else lr
     # One L-BFGS iteration per outer step, with room for its line search's evaluations.
     kwargs = ({"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25}
               if optimizer == "lbfgs" else {})
-    opt = cls(params, lr=default_lr if lr is None else lr, **kwargs)
+    opt = cls(params, lr=lr, **kwargs)
     history = {"loss": [], "theta": [], "grad_norm": [], "inner_iterations": [], "time": []}
-    state = {"init": None, "warm_start": None}
+    state = {"init": None, "warm_start": None, "evaluations": 0}
     begin = time.perf_counter()
+    report = _Progress(progress, steps, f"minimize ({name})")
 
     def current_theta():
         learned = iter(np.exp(p.detach().numpy()) if log_scale else p.detach().numpy().copy()
@@ -507,37 +572,94 @@ def minimize(problem, loss, theta0, strategy=None, *, optimizer="adam", steps=10
     def closure():
         opt.zero_grad()
         theta = current_theta()
-        value, grad, info = hypergradient(problem, loss, theta, strat, init=state["init"],
-                                          warm_start=state["warm_start"],
-                                          log_scale=log_scale, return_info=True)
-        state.update(init=info["solution"].x, warm_start=info.get("warm_start"))
+        if many:
+            value, grad, info = hypergradient(problem, None, theta, strat, log_scale=log_scale,
+                                              return_info=True, executor=executor)
+            n_iter = info["n_iter"]
+        else:
+            value, grad, info = hypergradient(problem, loss, theta, strat, init=state["init"],
+                                              warm_start=state["warm_start"],
+                                              log_scale=log_scale, return_info=True)
+            state.update(init=info["solution"].x, warm_start=info.get("warm_start"))
+            n_iter = info["solution"].n_iter
         if "value" not in state:     # the step's first evaluation: at the current iterate
-            state.update(value=value, grad=grad, theta=theta, n_iter=info["solution"].n_iter)
+            state.update(value=value, grad=grad, theta=theta, n_iter=n_iter)
+        state["evaluations"] += 1
+        report.evaluation(value, state["evaluations"])
         for p, g in zip(params, (g for g, t in zip(as_tuple(grad), trainable) if t)):
             p.grad = torch.as_tensor(np.asarray(g, dtype=np.float64)).reshape(p.shape)
         return torch.tensor(value)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(steps), disable=not progress, desc=f"minimize ({name})")
-    for step in bar:
-        for key in ("value", "grad", "theta", "n_iter"):
-            state.pop(key, None)
-        opt.step(closure)
-        grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g, t
-                                      in zip(as_tuple(state["grad"]), trainable) if t)))
-        history["loss"].append(state["value"])
-        history["theta"].append(state["theta"])
-        history["grad_norm"].append(grad_norm)
-        history["inner_iterations"].append(state["n_iter"])
-        history["time"].append(time.perf_counter() - begin)
-        bar.set_postfix(loss=f"{state['value']:.4g}", grad=f"{grad_norm:.2g}")
-        if callback is not None and callback(step, state["theta"], state["value"],
-                                             state["grad"]):
-            break
+    try:
+        for step in range(steps):
+            for key in ("value", "grad", "theta", "n_iter"):
+                state.pop(key, None)
+            opt.step(closure)
+            grad_norm = float(np.sqrt(sum(np.sum(np.square(g)) for g, t
+                                          in zip(as_tuple(state["grad"]), trainable) if t)))
+            history["loss"].append(state["value"])
+            history["theta"].append(state["theta"])
+            history["grad_norm"].append(grad_norm)
+            history["inner_iterations"].append(state["n_iter"])
+            history["time"].append(time.perf_counter() - begin)
+            report.step(step, state["value"], grad_norm, state["evaluations"])
+            if callback is not None and callback(step, state["theta"], state["value"],
+                                                 state["grad"]):
+                break
+    finally:
+        report.close()
     theta = current_theta()
-    if optimal_value:
+    if many:
+        value = hypergradient(problem, None, theta, strat, executor=executor)[0]
+    elif optimal_value:
         value = value_gradient(problem, theta, strat, init=state["init"])[0]
     else:
         value = _loss_terms(loss, problem.solve(theta, init=state["init"]).x, theta)[0]
+    start = history["loss"][0]
+    if value > start:
+        best = int(np.argmin(history["loss"]))
+        others = ", ".join(o for o in _OPTIMIZERS if o != optimizer)
+        warnings.warn(
+            f"minimize made the upper loss worse: {start:.6g} at the start -> {value:.6g} "
+            f"after {len(history['loss'])} steps of {optimizer} (lr={lr:g}, strategy "
+            f"{name!r}); the steps overshoot: lower lr, or try optimizer={others} (lbfgs "
+            "has a line search), or another strategy; the best iterate seen is "
+            f"history['theta'][{best}] with loss {history['loss'][best]:.6g}",
+            RuntimeWarning, stacklevel=2)
     return MinimizeResult(theta=theta, loss=value, strategy=name, history=history)
+
+
+class _Progress:
+    """Progress of :func:`minimize` on stderr: a tqdm bar, or one line per outer step."""
+
+    def __init__(self, mode, steps, desc):
+        import sys
+
+        if mode is True:
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.steps, self.desc, self.bar = mode, steps, desc, None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            # miniters=1, mininterval=0: redraw at every evaluation, however fast or slow.
+            self.bar = tqdm(total=steps, desc=desc, miniters=1, mininterval=0)
+
+    def evaluation(self, value, evaluations):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{value:.4g}", evals=evaluations)
+
+    def step(self, step, value, grad_norm, evaluations):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{value:.4g}", grad=f"{grad_norm:.2g}",
+                                 evals=evaluations, refresh=False)
+            self.bar.update(1)
+        elif self.mode == "lines":
+            import sys
+
+            print(f"{self.desc}: step {step + 1}/{self.steps}  loss {value:.6g}  "
+                  f"grad {grad_norm:.2g}  evaluations {evaluations}", file=sys.stderr,
+                  flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

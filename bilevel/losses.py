@@ -29,6 +29,14 @@ class Loss:
         raise NotImplementedError
 
 
+def _check_width(loss, x):
+    """ValueError unless ``x`` is a vector with one entry per column of ``loss.X``."""
+    if tuple(x.shape) != (loss.X.shape[1],):
+        raise ValueError(f"{type(loss).__name__}: X has {loss.X.shape[1]} columns but x* has "
+                         f"shape {tuple(x.shape)}; give X one column per entry of x* (the "
+                         "problem's features)")
+
+
 class SquaredError(Loss):
     """Held-out squared error ``||X x - y||^2 / (2m)``.
 
@@ -44,11 +52,13 @@ class SquaredError(Loss):
 
     def __call__(self, x, theta=None):
         """Evaluate on torch tensors."""
+        _check_width(self, x)
         r = self._Xt @ x - self._yt
         return 0.5 * (r @ r) / r.shape[0]
 
     def value_and_grad(self, x, theta=None):
         """``(L, X^T (Xx - y) / m, None)``."""
+        _check_width(self, x)
         r = self.X @ x - self.y
         m = r.shape[0]
         return 0.5 * float(r @ r) / m, self.X.T @ r / m, None
@@ -71,10 +81,12 @@ class LogisticLoss(Loss):
 
     def __call__(self, x, theta=None):
         """Evaluate on torch tensors."""
+        _check_width(self, x)
         return torch.nn.functional.softplus(-self._yt * (self._Xt @ x)).mean()
 
     def value_and_grad(self, x, theta=None):
         """``(L, -X^T (y sigmoid(-y Xx)) / m, None)``."""
+        _check_width(self, x)
         margins = self.y * (self.X @ x)
         value = float(np.mean(np.logaddexp(0.0, -margins)))
         r = -self.y * np.exp(-np.logaddexp(0.0, margins))       # -y sigmoid(-margin)

@@ -48,6 +48,14 @@ def check_vjp(problem, theta, strategy, reference="finite_difference", *, rtol=1
     AssertionError
         Naming the direction, both gradients and the error.
     """
+    if not (np.isfinite(rtol) and rtol >= 0 and np.isfinite(atol) and atol >= 0
+            and rtol + atol > 0):
+        raise ValueError(f"rtol and atol must be finite, >= 0 and not both 0, got rtol={rtol}, "
+                         f"atol={atol}")
+    if isinstance(n_directions, bool) or not isinstance(n_directions, (int, np.integer)) \
+            or n_directions < 1:
+        raise ValueError(f"n_directions must be an integer >= 1 (checking no direction checks "
+                         f"nothing), got {n_directions!r}")
     strat = get_strategy(strategy, problem)
     ref = get_strategy(reference, problem)
     sol = problem.solve(theta)

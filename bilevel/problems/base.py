@@ -24,6 +24,8 @@ Strategies read only these values: nothing probes a problem by attribute name.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Set
@@ -45,7 +47,7 @@ from bilevel._types import (
 from bilevel.problems.kkt import KKT
 
 __all__ = ["CAPABILITY_NAMES", "KKT", "Capabilities", "Problem", "check_array", "check_design",
-           "check_nonnegative"]
+           "check_nonnegative", "check_scalar", "parallel_kernels", "pick_kernel"]
 
 
 def check_array(value, name, *, ndim=None, shape=None):
@@ -63,6 +65,25 @@ def check_array(value, name, *, ndim=None, shape=None):
     return arr
 
 
+def check_scalar(value, name, *, lower=None, upper=None):
+    """Return ``value`` as a finite float in the open interval ``(lower, upper)``.
+
+    Raises a ValueError naming ``name`` for a non-number (a string, an array), a NaN or
+    Inf, or a value outside the interval (either bound may be None).
+    """
+    if isinstance(value, (str, bytes, bool)) or np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a real number, got {value!r}") from exc
+    interval = f"({'-inf' if lower is None else lower}, {'inf' if upper is None else upper})"
+    if not (np.isfinite(out) and (lower is None or out > lower)
+            and (upper is None or out < upper)):
+        raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
+    return out
+
+
 def check_nonnegative(value, name, *, shapes):
     """Return a finite, non-negative hyperparameter of one of the allowed ``shapes``."""
     arr = check_array(value, name)
@@ -73,6 +94,42 @@ def check_nonnegative(value, name, *, shapes):
         raise ValueError(f"{name} must be >= 0, got min {arr.min():.3g}; "
                          "optimize log(lam) (log_scale=True) to keep it positive")
     return arr
+
+
+_FORK = {"omp_inherited": False}
+
+
+def _after_fork_in_child():
+    """Record whether this forked child inherited numba's initialized OpenMP layer."""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is None:
+        return
+    try:
+        _FORK["omp_inherited"] = parallel.threading_layer() == "omp"
+    except ValueError:          # no parallel kernel ran before the fork
+        pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_kernels():
+    """Whether ``prange`` kernels may run in this process.
+
+    After a ``prange`` kernel ran on numba's OpenMP layer (GNU libgomp, the layer numba
+    picks here: TBB is not installed, and ``workqueue`` is not threadsafe, per numba's
+    "Threading Layers" guide), a ``fork`` child that launches one is killed by libgomp
+    ("fork() called from a process already using GNU OpenMP"), which hangs a ``fork``
+    multiprocessing pool. Such
+    a child runs the serial twins instead (the same code, ``prange`` as ``range``); with
+    ``spawn`` or ``forkserver`` pools, or threads, the parallel kernels run as usual.
+    """
+    return not _FORK["omp_inherited"]
+
+
+def pick_kernel(module, name, parallel):
+    """``module.<name>_batched`` (prange) when ``parallel`` and allowed, else ``_rows``."""
+    return getattr(module, name + ("_batched" if parallel and parallel_kernels() else "_rows"))
 
 
 _TYPES = {"optimality": Optimality, "step": StepMap, "constraints": KKT, "batch": Batch}
@@ -156,7 +213,9 @@ class Problem:
     Subclasses set ``name``, implement ``check_theta`` (validation, returning a tuple of
     float64 arrays), ``init`` (default starting point),
     ``_solve(theta, x0) -> (x, n_iter, residual[, info])`` (theta validated, in the
-    caller's structure; the optional dict joins ``Solution.info``) and :meth:`offers`, the
+    caller's structure; the optional dict joins ``Solution.info``; its ``failure``, a
+    sentence saying why ``x`` is no minimizer and what to do, makes the solve unconverged
+    and is the warning's text) and :meth:`offers`, the
     typed capabilities of the instance. Torch maps take ``theta`` in the caller's structure:
     a tensor, or a tuple of tensors. ``tol`` is the tolerance on ``residual``.
     """
@@ -197,6 +256,54 @@ class Problem:
         """Validate theta; return it as a tuple of float64 arrays."""
         raise NotImplementedError
 
+    def in_domain(self, theta):
+        """Whether ``theta`` lies in the problem's parameter domain (bool).
+
+        The domain is what :meth:`check_theta` accepts (a weight ``lam >= 0``, ...);
+        :class:`~bilevel.strategies.FiniteDifference` asks it before stepping, and takes a
+        one-sided stencil at the domain's edge. Override only for a cheaper test.
+        """
+        try:
+            self.check_theta(theta)
+        except ValueError:
+            return False
+        return True
+
+    def check_batch(self, parts):
+        """Validate a batch: theta's parts stacked along a first axis ``B``; return ``B``.
+
+        The one validation path of batched solves (:func:`bilevel.api.solve_batch`, the
+        torch layer): every row passes :meth:`check_theta`, and a bad row raises the
+        ValueError a single solve would, prefixed with ``batch row b``. A problem may
+        override it with a vectorized equivalent for large batches.
+        """
+        size = _batch_size(parts)
+        self._check_rows(parts, range(size))
+        return size
+
+    def check_batch_finite(self, parts):
+        """:meth:`check_batch` for a :meth:`check_theta` that tests only shapes and finiteness.
+
+        Row 0 passes :meth:`check_theta` (the shapes, which all rows share), and the first
+        row with a NaN or Inf, if any, raises its named error: vectorized, for the large
+        batches of the layers. A problem opts in with ``check_batch = Problem.check_batch_finite``.
+        """
+        size = _batch_size(parts)
+        bad = np.zeros(size, dtype=bool)
+        for p in parts:
+            bad |= ~np.isfinite(np.reshape(p, (size, -1))).all(axis=1)
+        self._check_rows(parts, [0, *np.flatnonzero(bad)[:1]])
+        return size
+
+    def _check_rows(self, parts, rows):
+        """:meth:`check_theta` on the given ``rows`` of a batch; the error names the row."""
+        template = tuple(parts) if len(parts) > 1 else parts[0]
+        for b in rows:
+            try:
+                self.check_theta(like_structure(tuple(p[b] for p in parts), template))
+            except ValueError as exc:
+                raise ValueError(f"batch row {b}: {exc}") from exc
+
     def init(self, parts):
         """Default starting point for ``parts`` (a tuple of theta arrays)."""
         raise NotImplementedError
@@ -222,18 +329,32 @@ class Problem:
         with torch.enable_grad():       # solvers may differentiate torch maps, in any context
             x, n_iter, residual, *extra = self._solve(theta, x0)
         elapsed = time.perf_counter() - start
-        converged = bool(residual <= self.tol)
-        if not converged:
+        extra = (extra or [{}])[0]
+        failure = extra.get("failure")        # a diagnosis: the point is not a minimizer
+        converged = bool(residual <= self.tol) and failure is None
+        if failure is not None:
+            warnings.warn(f"{type(self).__name__}.solve: {failure}", ConvergenceWarning,
+                          stacklevel=2)
+        elif not converged:
             warnings.warn(
                 f"{type(self).__name__}.solve stopped at optimality residual {residual:.2e} "
                 f"> tol={self.tol:.0e} after {n_iter} iterations; raise max_iter, loosen tol, "
                 "or check the data scaling", ConvergenceWarning, stacklevel=2)
         return Solution(x=x, theta=theta, n_iter=int(n_iter),
                         converged=converged,
-                        info={"residual": float(residual), "time": elapsed, **(extra or [{}])[0]})
+                        info={"residual": float(residual), "time": elapsed, **extra})
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _batch_size(parts):
+    """Return the common first-axis length ``B`` of a batch's parts, or raise ValueError."""
+    sizes = {np.shape(p)[0] if np.ndim(p) else None for p in parts}
+    if not parts or None in sizes or len(sizes) != 1:
+        raise ValueError("theta's parts must be stacked along a common first batch axis, "
+                         f"got shapes {[np.shape(p) for p in parts]}")
+    return sizes.pop()
 
 
 def check_design(X, y):

@@ -31,7 +31,7 @@ from bilevel._autograd import pullback, scalar_tensor
 from bilevel._registry import register_problem
 from bilevel._types import Manifold, Mirror, StepMap, as_tuple, like_structure
 from bilevel.problems.base import Capabilities, Problem, check_array
-from bilevel.problems.custom import _check_theta_ndim, _check_theta_parts
+from bilevel.problems.custom import _check_theta_ndim, _check_theta_parts, _user_call
 from bilevel.problems.kkt import KKT
 from bilevel.problems.manifold import restricted_solver
 
@@ -245,6 +245,14 @@ class Composite(Problem):
         """Finite arrays (a bare array or a tuple); the weights it holds are >= 0."""
         parts = _check_theta_parts(theta)
         for term in self.terms:
+            w = term.weight(parts)          # names a missing part
+            if w is not None:
+                try:
+                    np.broadcast_shapes(np.shape(w), self.x0.shape)
+                except ValueError:
+                    raise ValueError(f"the weight of {term!r} (shape {np.shape(w)}) must be a "
+                                     f"scalar or broadcast to x's shape {self.x0.shape}") \
+                        from None
             term.check_weight(parts)
         return parts
 
@@ -255,7 +263,7 @@ class Composite(Problem):
     # torch maps -------------------------------------------------------------------------
     def smooth(self, x, theta):
         """``f(x, theta)``, checked to be a scalar tensor."""
-        return scalar_tensor(self._smooth(x, theta), "smooth")
+        return scalar_tensor(_user_call(self._smooth, "smooth", x, theta), "smooth")
 
     def energy(self, x, theta):
         """``f(x, theta) + sum_k g_k(x; w_k)``."""

@@ -22,7 +22,15 @@ import torch
 
 from bilevel._autograd import pullback, scalar_tensor
 from bilevel._registry import register_problem
-from bilevel._types import Batch, ConvergenceWarning, Optimality, StepMap, as_tuple
+from bilevel._threads import serial_blas
+from bilevel._types import (
+    Batch,
+    ConvergenceWarning,
+    Optimality,
+    SingularSystemError,
+    StepMap,
+    as_tuple,
+)
 from bilevel.problems.base import Capabilities, Problem, check_array
 from bilevel.problems.kkt import KKT, active_set
 
@@ -30,6 +38,15 @@ __all__ = ["Constrained", "Smooth"]
 
 # Newton steps after L-BFGS when it stalls above tol.
 _NEWTON_POLISH = 5
+# Smooth's second-order check at x*: dense Hessians up to this size (x.size HVPs), and the
+# relative size of a negative eigenvalue that is no round-off (sqrt of float64's epsilon).
+_CURVATURE_MAX_SIZE = 256
+_CURVATURE_RTOL = 1.5e-8
+# Up to this size the Hessian's columns are taken one product at a time (no vmap to load).
+_CURVATURE_LOOP_SIZE = 32
+# An unconverged Smooth solve whose iterate grew this many times beyond max(|x0|, 1) reports
+# an energy unbounded below.
+_RUNAWAY = 1e8
 # A constraint with slack <= _ACTIVE_TOL max(1, ||x||_inf) is active (the default of
 # Implicit's active_tol, so that the closed forms and the generic KKT solve agree).
 _ACTIVE_TOL = 1e-9
@@ -76,6 +93,17 @@ _CONSTRAINED_WHY_NOT = {
 }
 
 
+def _user_call(fn, name, x, theta):
+    """``fn(x, theta)``; torch's shape errors become a ValueError naming the user's map."""
+    try:
+        return fn(x, theta)
+    except (RuntimeError, IndexError) as exc:
+        shapes = [tuple(t.shape) for t in as_tuple(theta)]
+        raise ValueError(f"{name}(x, theta) failed on x of shape {tuple(x.shape)} and theta "
+                         f"of shape(s) {shapes}: {exc}; check that theta (and x0) have the "
+                         f"shapes {name} expects") from exc
+
+
 def _check_theta_ndim(theta_ndim):
     """Return a user's instance dimensions, or None; a :class:`~bilevel.Batch` for the layer."""
     if theta_ndim is None:
@@ -106,7 +134,9 @@ class Smooth(Problem):
         problem offers the ``step`` capability (``x - eta grad_x E``) for unrolling and
         fixed-point strategies.
     tol : float
-        Tolerance on ``||grad_x E||_inf``.
+        Tolerance on ``||grad_x E(x)||_inf / ||grad_x E(x0)||_inf`` (relative to the
+        energy's own scale at the constructor's ``x0``, or at a warm start if larger:
+        ``c E`` has the minimizer of ``E`` for every ``c > 0``).
     max_iter : int
         L-BFGS iterations.
     theta_ndim : tuple of int, optional
@@ -182,32 +212,62 @@ class Smooth(Problem):
         def fun(flat):
             x = torch.from_numpy(flat.reshape(shape)).requires_grad_()
             value = self.energy(x, theta_t)
-            (grad,) = torch.autograd.grad(value, x)
+            grad = (torch.autograd.grad(value, x, allow_unused=True)[0]
+                    if value.requires_grad else None)
+            if grad is None:
+                raise ValueError("energy does not depend on x (its value carries no gradient "
+                                 "in x): write it with torch operations on x, not on a copy")
             return float(value.detach()), grad.numpy().ravel().astype(np.float64)
 
-        result = scipy.optimize.minimize(
-            fun, x0.ravel(), jac=True, method="L-BFGS-B",
-            options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 0.0, "maxcor": 20})
+        value, grad = fun(x0.ravel())
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            raise ValueError(f"energy or its gradient is not finite at the starting point "
+                             f"(energy={value}): check the energy, or start elsewhere (init, x0)")
+        # The energy's own gradient scale, its gradient at the problem's x0 (and at a warm
+        # start, which alone may be nearly stationary): tol is relative to it, so that
+        # c E(x, theta) has the minimizer of E for any c > 0, warm-started or not.
+        at_x0 = grad if np.array_equal(x0, self.x0) else fun(self.x0.ravel())[1]
+        gscale = max(float(np.max(np.abs(grad), initial=0.0)),
+                     float(np.max(np.abs(at_x0), initial=0.0, where=np.isfinite(at_x0)))
+                     ) or 1.0
+        with serial_blas():
+            result = scipy.optimize.minimize(
+                fun, x0.ravel(), jac=True, method="L-BFGS-B",
+                options={"maxiter": self.max_iter, "gtol": self.tol * gscale, "ftol": 0.0,
+                         "maxcor": 20})
         x, n_iter = result.x, result.nit
-        grad = fun(x)[1]
+        value, grad = fun(x)
+        if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(x))):
+            raise ValueError(f"energy ran to {value} along the solver's iterates: it is "
+                             "unbounded below (no minimizer) or undefined there; bound it "
+                             "(add a strongly convex term) or restrict x")
         # L-BFGS stalls once energy decreases fall below round-off (gradients ~1e-8);
         # Newton steps with CG on Hessian-vector products finish the job quadratically.
         for _ in range(_NEWTON_POLISH):
-            residual = np.max(np.abs(grad))
+            residual = np.max(np.abs(grad)) / gscale
             if residual <= self.tol:
                 break
-            step = _newton_step(self, x.reshape(shape), theta_t, grad)
+            try:
+                step = _newton_step(self, x.reshape(shape), theta_t, grad)
+            except SingularSystemError:     # flat or negative curvature: no Newton step
+                break
             candidate = x - step
             new_grad = fun(candidate)[1]
-            if not np.max(np.abs(new_grad)) < residual:
+            if not np.max(np.abs(new_grad)) / gscale < residual:
                 break
             x, grad, n_iter = candidate, new_grad, n_iter + 1
-        return x.reshape(shape), n_iter, float(np.max(np.abs(grad)))
+        x, residual = x.reshape(shape), float(np.max(np.abs(grad))) / gscale
+        if residual > self.tol and np.linalg.norm(x) > _RUNAWAY * max(np.linalg.norm(x0), 1.0):
+            return x, n_iter, residual, {"failure": (
+                f"the iterates ran away to |x| = {np.linalg.norm(x):.1e} with the energy "
+                f"still decreasing ({value:.3e}): the energy looks unbounded below (no "
+                "minimizer); bound it (add a strongly convex term) or restrict x")}
+        return x, n_iter, residual, _curvature(self, x, theta_t)
 
     # torch maps -----------------------------------------------------------------------
     def energy(self, x, theta):
         """Evaluate the user's energy, checked to be a scalar tensor."""
-        return scalar_tensor(self._energy(x, theta), "energy")
+        return scalar_tensor(_user_call(self._energy, "energy", x, theta), "energy")
 
     def optimality(self, x, theta):
         """``grad_x E(x, theta)``, differentiable in x and theta."""
@@ -235,6 +295,42 @@ def _newton_step(problem, x, theta, grad):
         warnings.simplefilter("ignore", ConvergenceWarning)   # the caller checks the residual
         step, _ = solve(hvp, grad, method="cg", tol=1e-12, maxiter=10 * grad.size)
     return step
+
+
+def _curvature(problem, x, theta):
+    """Second-order check at a stationary ``x``: ``{"min_curvature": ...}`` and a failure.
+
+    The smallest eigenvalue of the Hessian, from the dense Hessian of ``x.size <=
+    _CURVATURE_MAX_SIZE`` Hessian-vector products (larger ``x``: not checked). A negative
+    one, beyond round-off relative to the largest, means ``x`` is a saddle point or a
+    maximum, not a minimizer (the first-order residual cannot tell).
+    """
+    if x.size > _CURVATURE_MAX_SIZE:
+        return {}
+    x_t = torch.from_numpy(x).requires_grad_()
+    with torch.enable_grad():
+        F = problem.optimality(x_t, theta)
+    eye = np.eye(x.size)
+    H = None
+    if x.size > _CURVATURE_LOOP_SIZE:   # all products in one vectorized backward pass (its
+        try:                            # first use loads torch's vmap, about a second)
+            (H,) = torch.autograd.grad(F, x_t, torch.from_numpy(eye.reshape((-1, *x.shape))),
+                                       retain_graph=True, is_grads_batched=True)
+            H = H.detach().numpy().reshape(x.size, x.size)
+        except RuntimeError:            # an energy whose ops torch cannot batch
+            H = None
+    if H is None:
+        H = np.stack([pullback(F, (x_t,), eye[i].reshape(x.shape), retain_graph=True)[0]
+                      .ravel() for i in range(x.size)])
+    eigs = np.linalg.eigvalsh(0.5 * (H + H.T))
+    low = float(eigs[0])
+    info = {"min_curvature": low}
+    if low < -_CURVATURE_RTOL * max(float(np.max(np.abs(eigs))), 1e-300):
+        info["failure"] = (f"x is a saddle point or a maximum, not a minimizer: the Hessian of "
+                           f"the energy has eigenvalue {low:.2e} < 0 there; start from "
+                           "another point (init, x0), or check that the energy is locally "
+                           "convex")
+    return info
 
 
 def _tensors(theta):
@@ -350,15 +446,15 @@ class Constrained(Problem):
     # torch maps -----------------------------------------------------------------------
     def objective(self, x, theta):
         """``f(x, theta)``, checked to be a scalar tensor."""
-        return scalar_tensor(self._objective(x, theta), "objective")
+        return scalar_tensor(_user_call(self._objective, "objective", x, theta), "objective")
 
     def eq(self, x, theta):
         """``h(x, theta)`` as a 1-D tensor."""
-        return torch.as_tensor(self._eq(x, theta)).reshape(-1)
+        return torch.as_tensor(_user_call(self._eq, "eq", x, theta)).reshape(-1)
 
     def ineq(self, x, theta):
         """``g(x, theta)`` as a 1-D tensor."""
-        return torch.as_tensor(self._ineq(x, theta)).reshape(-1)
+        return torch.as_tensor(_user_call(self._ineq, "ineq", x, theta)).reshape(-1)
 
     # solve ------------------------------------------------------------------------------
     def _solve(self, theta, x0):
@@ -386,11 +482,14 @@ class Constrained(Problem):
             options["ftol"] = 1e-15
         else:
             options.update(gtol=1e-12, xtol=1e-14)
-        with warnings.catch_warnings():
+        # SciPy's ftol/gtol are absolute: hand it f / s, with s the objective's own gradient
+        # scale at x0, so that c f has the minimizer of f for any c > 0 (issue 17).
+        s = float(np.max(np.abs(ev(x0.ravel())[1]), initial=0.0)) or 1.0
+        with warnings.catch_warnings(), serial_blas():
             warnings.simplefilter("ignore")     # SciPy's own warnings; we check below
             result = scipy.optimize.minimize(
-                lambda z: ev(z)[0], x0.ravel(), jac=lambda z: ev(z)[1], method=self.method,
-                constraints=constraints, options=options)
+                lambda z: ev(z)[0] / s, x0.ravel(), jac=lambda z: ev(z)[1] / s,
+                method=self.method, constraints=constraints, options=options)
         x = np.asarray(result.x, dtype=np.float64)
         _, gf, _, _, g, _ = ev(x)
         binding = _binding(result, self._ineq is not None, x, gf, g)
@@ -402,9 +501,9 @@ class Constrained(Problem):
                 f"Constrained: the constraints look infeasible at this theta: {self.method} "
                 f"ended with max violation {violation:.1e} ({result.message}). Check eq and "
                 "ineq, start from a feasible x0, or try method='trust-constr'")
-        scale = max(1.0, float(np.abs(gf).max(initial=0.0)))
+        scale = max(float(np.abs(gf).max(initial=0.0)), s)   # the objective's own scale
         complementarity = float(np.abs(lam * g).max(initial=0.0))
-        residual = max(stationarity, violation, complementarity) / scale
+        residual = max(stationarity / scale, violation, complementarity / scale)
         return x.reshape(shape), int(result.nit), residual, {
             "nu": nu, "lam": lam, "active": active, "violation": violation,
             "method": self.method, "scipy_status": int(result.status)}

@@ -63,12 +63,40 @@ _LP_WHY_NOT = {
 }
 
 
-def _linprog(c, **kwargs):
+def _pow2_scale(a):
+    """Return a power of two near ``max|a|`` (1.0 for no or zero data).
+
+    Always applied: HiGHS's tolerances are absolute (1e-7), so data of size 1e-5 would
+    already be solved to 1% only.
+    """
+    top = 0.0 if a is None or np.size(a) == 0 else float(np.max(np.abs(a)))
+    if top == 0.0:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(top)))
+
+
+def _linprog(c, *, b_ub=None, b_eq=None, **kwargs):
+    """HiGHS on ``c``, ``b`` rescaled by powers of two (exact) when far from unit size.
+
+    With the bounds 0 or none used here, ``x*`` scales with ``b`` and the multipliers with
+    ``c``; HiGHS's absolute tolerances and its infinity (1e20) then see unit-size data, so
+    that data near 1e150 or 1e-150 solve as their rescaled versions do.
+    """
     import scipy.optimize  # deferred: keeps `import bilevel` light
 
-    result = scipy.optimize.linprog(c, method="highs", **kwargs)
+    parts = [np.ravel(b) for b in (b_ub, b_eq) if b is not None]
+    sc, sb = _pow2_scale(c), _pow2_scale(np.concatenate(parts) if parts else None)
+    result = scipy.optimize.linprog(
+        np.asarray(c) / sc, method="highs", b_ub=None if b_ub is None else np.asarray(b_ub) / sb,
+        b_eq=None if b_eq is None else np.asarray(b_eq) / sb, **kwargs)
     if result.status != 0:
         raise ValueError(f"the linear program could not be solved: {result.message}")
+    if sc != 1.0 or sb != 1.0:
+        result.x = result.x * sb
+        result.fun = result.fun * sb * sc
+        for key in ("ineqlin", "eqlin"):
+            if result.get(key) is not None and np.size(result[key].marginals):
+                result[key].marginals = result[key].marginals * sc
     return result
 
 
@@ -156,7 +184,7 @@ class LeastAbsoluteDeviation(Problem):
         primal = float(np.abs(self.A @ x - u).sum())
         # Certificate: dual feasibility and the duality gap, relative to the value.
         residual = max(float(np.abs(self.A.T @ y).max()), max(np.abs(y).max() - 1.0, 0.0),
-                       abs(primal - float(u @ y)) / max(1.0, primal))
+                       abs(primal - float(u @ y)) / (primal or 1.0))
         return x, n_iter, residual, {"dual": y, "value": primal}
 
     # torch maps -----------------------------------------------------------------------
@@ -185,7 +213,7 @@ class LeastAbsoluteDeviation(Problem):
         """``dx*/du = A_Z^{-1}`` on the interpolated rows ``Z``."""
         u = np.asarray(as_tuple(solution.theta)[0], dtype=np.float64)
         r = self.A @ solution.x - u
-        Z = np.flatnonzero(np.abs(r) <= _ZERO_TOL * max(1.0, float(np.abs(u).max())))
+        Z = np.flatnonzero(np.abs(r) <= _ZERO_TOL * (float(np.abs(u).max()) or 1.0))
         n = self.A.shape[1]
         if Z.size != n:
             raise ValueError(f"the LAD fit is degenerate ({Z.size} interpolated rows for {n} "
@@ -264,9 +292,12 @@ class LinearProgram(Problem):
         result = _linprog(c, A_eq=self.A, b_eq=b, bounds=[(0, None)] * self.A.shape[1])
         x, y = result.x, result.eqlin.marginals
         reduced = c - self.A.T @ y
-        scale = max(1.0, float(np.abs(c).max()))
-        residual = max(float(np.abs(self.A @ x - b).max()), max(-float(reduced.min()), 0.0),
-                       float(np.abs(reduced * x).max()) / scale)
+        # Relative to the data's scales (x* scales with b, the multipliers with c).
+        scale = float(np.abs(c).max()) or 1.0
+        b_scale = max(float(np.abs(b).max()), float(np.abs(x).max())) or 1.0
+        residual = max(float(np.abs(self.A @ x - b).max()) / b_scale,
+                       max(-float(reduced.min()), 0.0) / scale,
+                       float(np.abs(reduced * x).max()) / (scale * b_scale))
         return x, int(result.nit), residual, {"dual": y, "value": float(result.fun),
                                               "nu": -y, "lam": np.maximum(reduced, 0.0)}
 
@@ -292,7 +323,7 @@ class LinearProgram(Problem):
     def analytic_vjp(self, solution, v):
         """``(A_B^{-T} v_B, 0)`` on the basis ``B`` (the positive entries of ``x*``)."""
         b, c = (np.asarray(t, dtype=np.float64) for t in as_tuple(solution.theta))
-        basis = np.flatnonzero(solution.x > _ZERO_TOL * max(1.0, float(np.abs(solution.x).max())))
+        basis = np.flatnonzero(solution.x > _ZERO_TOL * (float(np.abs(solution.x).max()) or 1.0))
         if basis.size != self.A.shape[0]:
             raise ValueError(f"the basis is degenerate ({basis.size} positive entries for "
                              f"{self.A.shape[0]} constraints); use finite_difference")

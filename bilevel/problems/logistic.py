@@ -166,7 +166,9 @@ class LogisticRegression(Problem):
         if self.penalty == "l2":
             from bilevel.solvers.logistic import newton_logistic_l2
 
-            return newton_logistic_l2(self.X, self.y, float(lam), x0, self.tol, self.max_iter)
+            x, n_iter, residual = newton_logistic_l2(self.X, self.y, float(lam), x0, self.tol,
+                                                     self.max_iter)
+            return x, n_iter, residual, self._diagnose(x, float(lam))
         from bilevel.solvers.logistic_l1 import logistic_l1_prox_newton
 
         lam = np.broadcast_to(lam, x0.shape).astype(np.float64)
@@ -175,6 +177,21 @@ class LogisticRegression(Problem):
         support = np.flatnonzero(x)
         return x, n_iter, gap, {"gap": gap, "support": support, "signs": np.sign(x[support]),
                                 "polished": bool(polished), "neg_gradient": -grad}
+
+    def _diagnose(self, x, lam):
+        """At ``lam = 0``, a ``x`` with every margin ``y_i x_i^T x > 0`` separates the data.
+
+        Then ``E(t x)`` decreases strictly in ``t > 0`` towards 0: the infimum is not
+        attained, and no returned point is a minimizer.
+        """
+        if lam > 0:
+            return {}
+        margins = self.y * self.design.matvec(x)
+        if not np.all(margins > 0):
+            return {}
+        return {"failure": "the data are linearly separable (every margin y_i x_i^T x > 0, "
+                           f"min {margins.min():.2e}) and lam = 0: the loss decreases along x "
+                           "forever and no minimizer exists; use lam > 0"}
 
     # torch maps -----------------------------------------------------------------------
     def _data_term(self, x):

@@ -31,7 +31,7 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import Batch, BatchSolution, Manifold
-from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
 
 __all__ = ["ConnectedComponents", "PiecewisePolynomial"]
 
@@ -81,7 +81,7 @@ _CC_WHY_NOT = {
 def _kernel(name, parallel):
     from bilevel.solvers import piecewise
 
-    return getattr(piecewise, name + ("_batched" if parallel else "_rows"))
+    return pick_kernel(piecewise, name, parallel)
 
 
 def _as_single(theta, name, ndim):
@@ -187,6 +187,8 @@ class PiecewisePolynomial(Problem):
         """Return a 2-histogram of a signal with a unique, well-separated partition."""
         # {0, 0.1} | {2}: the map is linear near theta.
         return [("piecewise_polynomial-histogram", cls(2, 0), np.array([0.0, 0.1, 2.0]))]
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``s`` of shape (n,) with ``n >= k``, finite (a bare array or a 1-tuple)."""
@@ -314,8 +316,7 @@ class PiecewisePolynomial(Problem):
         if not np.all(np.isfinite(S)):
             raise ValueError("s contains NaN or Inf; clean the input first")
         work = S.shape[0] * S.shape[1] ** 2 * self.k
-        kernel = piecewise.pp_dp_batched if (work >= _PARALLEL_MIN_WORK and S.shape[0] > 1) \
-            else piecewise.pp_dp_rows
+        kernel = pick_kernel(piecewise, "pp_dp", work >= _PARALLEL_MIN_WORK and S.shape[0] > 1)
         Y, breaks, _, gaps = kernel(np.ascontiguousarray(S), self.k, self.degrees)
         return BatchSolution(x=Y, parts=(S,), certificate={
             "partition": breaks, "margin": self._margin(S, gaps)})
@@ -407,6 +408,8 @@ class ConnectedComponents(Problem):
     def __repr__(self):
         return (f"ConnectedComponents(levels={self.levels}, value_range={self.value_range}, "
                 f"connectivity={self.connectivity})")
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``image`` of shape (H, W), finite (a bare array or a 1-tuple)."""

@@ -25,7 +25,7 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import Batch, BatchSolution, Optimality, StepMap
-from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
 
 __all__ = ["RobustPooling"]
 
@@ -38,7 +38,7 @@ _PARALLEL_MIN = 200_000
 def _kernel(name, X):
     from bilevel.solvers import pooling
 
-    return getattr(pooling, name + ("_batched" if X.size >= _PARALLEL_MIN else "_rows"))
+    return pick_kernel(pooling, name, X.size >= _PARALLEL_MIN)
 
 
 @register_problem
@@ -174,6 +174,8 @@ class RobustPooling(Problem):
         return [("robust_pooling-pseudo_huber", cls("pseudo_huber", 1.0), x),
                 ("robust_pooling-welsch", cls("welsch", 1.0), x),
                 ("robust_pooling-truncated_quadratic", cls("truncated_quadratic", 1.0), x)]
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)`` with ``n >= 1``, finite."""

@@ -32,7 +32,7 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import Batch, BatchSolution, Dual, Manifold, Mirror, StepMap
-from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
 from bilevel.problems.kkt import KKT
 
 __all__ = ["Projection"]
@@ -87,7 +87,7 @@ def _why_not(name):
 def _kernel(name, X):
     from bilevel.solvers import projections
 
-    return getattr(projections, name + ("_batched" if X.size >= _PARALLEL_MIN else "_rows"))
+    return pick_kernel(projections, name, X.size >= _PARALLEL_MIN)
 
 
 def check_radius(radius):
@@ -214,6 +214,8 @@ class Projection(Problem):
                  np.array([1.4, -0.3, -2.0, 0.6])),
                 ("projection-simplex", cls("simplex", 1.0), np.array([0.9, 0.0, -0.5, 0.6]))]
 
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
+
     def check_theta(self, theta):
         """``x`` of shape ``(..., n)``, ``n >= 1``, finite."""
         if isinstance(theta, (tuple, list)):
@@ -279,7 +281,7 @@ class Projection(Problem):
         """
         r, none = self.radius, np.zeros(0)
         if self.set in ("l2_sphere", "l2_ball"):
-            mu = 0.5 * (np.linalg.norm(X, axis=1) / r - 1.0)
+            mu = 0.5 * (tau / r - 1.0)            # tau = ||x||, taken without overflow
             return ({"nu": mu, "lam": none} if self.set == "l2_sphere"
                     else {"nu": none, "lam": np.maximum(mu, 0.0)})
         if self.set == "linf_ball":

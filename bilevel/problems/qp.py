@@ -45,7 +45,7 @@ from bilevel._types import (
     SingularSystemError,
     StepMap,
 )
-from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
 from bilevel.problems.kkt import KKT
 from bilevel.problems.manifold import restricted_solver
 
@@ -56,6 +56,8 @@ __all__ = ["NNLS", "QP", "EqualityConstrainedLS", "moment_matrix"]
 _ACTIVE_TOL = 1e-9
 # Batches with more work (rows x n x m) than this run the prange kernels.
 _PARALLEL_MIN = 100_000
+# EqualityConstrainedLS warns below this singular-value ratio of D (D^+ keeps < 8 digits).
+_ECLS_COND_WARN = 1e-8
 
 # Why a problem lacks a capability (Capabilities.why_not).
 _KKT_OPTIMALITY = ("the {what} carry multipliers: x*'s optimality conditions are the KKT system "
@@ -175,13 +177,22 @@ class EqualityConstrainedLS(Problem):
         if beta.shape[0] != D.shape[0]:
             raise ValueError(f"D has {D.shape[0]} rows but beta has {beta.shape[0]} entries")
         k, n = D.shape
-        sv = np.linalg.svd(D, compute_uv=False)
+        U, sv, Vt = np.linalg.svd(D, full_matrices=False)
         if k > n or sv.size == 0 or sv.min() <= 1e-12 * sv.max():
-            raise ValueError(f"D (shape {D.shape}) must have full row rank: remove linearly "
-                             "dependent constraints (or ones beyond the number of unknowns)")
+            ratio = sv.min() / sv.max() if sv.size and sv.max() > 0 else 0.0
+            raise ValueError(f"D (shape {D.shape}) must have full row rank (singular-value "
+                             f"ratio {ratio:.1e}): remove linearly dependent constraints (or "
+                             "ones beyond the number of unknowns)")
+        if sv.min() < _ECLS_COND_WARN * sv.max():
+            warnings.warn(
+                f"EqualityConstrainedLS: D is nearly rank-deficient (condition number "
+                f"{sv.max() / sv.min():.1e}): D^+ beta and the multipliers are accurate to "
+                f"about {np.finfo(float).eps * sv.max() / sv.min():.0e} relative; remove "
+                "nearly dependent rows of D, or rescale them", ConvergenceWarning, stacklevel=2)
         self.D, self.beta = np.ascontiguousarray(D), beta
-        self._Dpinv = np.linalg.solve(D @ D.T, D).T          # D^T (D D^T)^{-1}
-        self.P = np.eye(n) - self._Dpinv @ D
+        # From the SVD D = U S V^T (cond(D), not cond(D D^T) = cond(D)^2 of normal equations):
+        self._Dpinv = Vt.T @ (U.T / sv[:, None])             # D^T (D D^T)^{-1} = V S^-1 U^T
+        self.P = np.eye(n) - Vt.T @ Vt
         self._z0 = self._Dpinv @ beta
         self._kkt = KKT(self.objective, eq=self.eq, affine=True)
 
@@ -212,6 +223,8 @@ class EqualityConstrainedLS(Problem):
         """Return the moment layer of a 3-point stencil (l = 0, r = 2)."""
         return [("equality_constrained_ls-moment",
                  cls(*moment_matrix([-0.1, 0.1, 0.2], 0, 2)), np.array([0.3, 0.5, 0.1]))]
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``xi`` of shape (n,)."""
@@ -262,7 +275,7 @@ def _kernel(name, rows, work):
     """Pick the ``prange`` kernel for large batches, its serial twin for small ones."""
     from bilevel.solvers import qp
 
-    return getattr(qp, name + ("_batched" if rows * work >= _PARALLEL_MIN else "_rows"))
+    return pick_kernel(qp, name, rows * work >= _PARALLEL_MIN)
 
 
 @register_problem
@@ -376,6 +389,8 @@ class QP(Problem):
         c, h = np.array([-2.0, -1.0, 0.5]), np.array([0.5, 0.2])
         return [("qp-c", cls(Q, G, h), c), ("qp-tuple", cls(Q, G), (c, h))]
 
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
+
     def check_theta(self, theta):
         """``c`` (n,), or ``(c, h)`` with h (m,) when the constructor had no ``h``."""
         n, m = self.G.shape[1], self.G.shape[0]
@@ -407,11 +422,73 @@ class QP(Problem):
         if status == 1:
             raise ValueError("QP: the constraints G x <= h are infeasible (h has no feasible "
                              "point); check h, or relax the constraints")
+        residual = self._residual(x, lam, c, h)
+        if status == 0 and residual > 1e-14:
+            polished = self._polish(x, lam, c, h)
+            if polished is not None:
+                r = self._residual(*polished, c, h)
+                if r < residual:
+                    (x, lam), residual = polished, r
         slack = h - self.G @ x
-        residual = _kkt_residual(self.Q @ x + c + self.G.T @ lam, slack, lam, c, h, x)
-        active = np.flatnonzero(slack <= _ACTIVE_TOL * max(1.0, np.abs(x).max()))
+        active = np.flatnonzero(
+            slack <= _ACTIVE_TOL * (max(np.abs(x).max(), np.abs(h).max(initial=0.0)) or 1.0))
         return x, n_iter, residual, {"lam": lam, "nu": np.zeros(0), "active": active,
                                      "status": int(status)}
+
+    def _residual(self, x, lam, c, h):
+        """KKT residual, each part relative to its own terms' scale (see :func:`_kkt_residual`)."""
+        Q, G = self.Q, self.G
+        gx = np.abs(G) @ np.abs(x)
+        return _kkt_residual(Q @ x + c + G.T @ lam, h - G @ x, lam,
+                             np.abs(c) + np.abs(Q) @ np.abs(x) + np.abs(G.T) @ np.abs(lam),
+                             np.abs(h) + gx)
+
+    def _polish(self, x, lam, c, h):
+        """Re-solve on the dual method's active set by the null-space method; None if it fails.
+
+        The dual method moves from ``-Q^{-1} c`` and carries its rounding, ``eps |Q^{-1} c|``:
+        with ``|c| >> |h|`` that is the whole answer. On the active set ``A`` the minimizer is
+        ``x = x_p + B z`` with ``G_A x_p = h_A`` (least squares, the scale of ``h``), ``B`` a
+        basis of ``null(G_A)`` and ``(B^T Q B) z = -B^T (Q x_p + c)``: exact where the active
+        constraints pin ``x``. A primal-dual active-set pass (drop a negative multiplier, add a
+        violated constraint) repairs a set that round-off had wrong.
+        """
+        import scipy.linalg
+
+        Q, G = self.Q, self.G
+        m, n = G.shape
+        active = set(np.flatnonzero(lam > 0).tolist())
+        for _ in range(m + n + 1):
+            idx = np.array(sorted(active), dtype=np.int64)
+            GA = G[idx]
+            if idx.size:
+                x_p = np.linalg.lstsq(GA, h[idx], rcond=None)[0]
+                B = scipy.linalg.null_space(GA)
+            else:
+                x_p, B = np.zeros(n), np.eye(n)
+            xn = x_p
+            if B.shape[1]:
+                try:
+                    z = np.linalg.solve(B.T @ Q @ B, -(B.T @ (Q @ x_p + c)))
+                except np.linalg.LinAlgError:
+                    return None
+                xn = x_p + B @ z
+            lam_n = np.zeros(m)
+            if idx.size:
+                lam_n[idx] = np.linalg.lstsq(GA.T, -(Q @ xn + c), rcond=None)[0]
+            scale_lam = np.abs(c).max() + np.abs(Q @ xn).max()
+            if idx.size and lam_n[idx].min() < -1e-12 * scale_lam:
+                active.discard(int(idx[np.argmin(lam_n[idx])]))
+                continue
+            slack = h - G @ xn
+            scale_h = np.abs(h) + np.abs(G) @ np.abs(xn)
+            violated = slack < -1e-13 * scale_h
+            if violated.any():
+                active.add(int(np.argmin(np.where(violated, slack / np.maximum(scale_h, 1e-300),
+                                                  np.inf))))
+                continue
+            return xn, np.maximum(lam_n, 0.0)
+        return None
 
     # torch maps -----------------------------------------------------------------------
     def objective(self, x, theta):
@@ -429,8 +506,8 @@ class QP(Problem):
 
         ``E_M(z, c) = f(x* + B z)`` with ``B`` an orthonormal basis of ``null(G_A)``, so
         ``grad_z E_M = B^T (Q x + c)``, ``d_c grad_z E_M = B^T``. The margin is the smallest
-        of the active multipliers (relative to ``max(1, |x + Q^{-1} c|_inf)``) and the
-        inactive slacks (relative to ``max(1, |x|_inf)``), as the closed form's.
+        of the active multipliers (relative to ``|x + Q^{-1} c|_inf``) and the inactive
+        slacks (relative to ``max(|x|_inf, |h|_inf)``), as the closed form's: scale-free.
         """
         import scipy.linalg
 
@@ -441,7 +518,7 @@ class QP(Problem):
         x = solution.x
         n = x.size
         slack = self.h - self.G @ x
-        xnorm = max(1.0, float(np.abs(x).max()))
+        xnorm = max(float(np.abs(x).max()), float(np.abs(self.h).max())) or 1.0
         active = np.flatnonzero(slack <= _ACTIVE_TOL * xnorm)
         inactive = np.setdiff1d(np.arange(slack.size), active)
         lam = solution.info.get("lam")
@@ -451,7 +528,7 @@ class QP(Problem):
                 lam[active] = np.linalg.lstsq(self.G[active].T, -(self.Q @ x + c),
                                               rcond=None)[0]
         B = scipy.linalg.null_space(self.G[active]) if active.size else np.eye(n)
-        gscale = max(1.0, float(np.abs(x + np.linalg.solve(self.Q, c)).max()))
+        gscale = float(np.abs(x + np.linalg.solve(self.Q, c)).max()) or 1.0
         margin = min(float((lam[active] / gscale).min(initial=np.inf)),
                      float((slack[inactive] / xnorm).min(initial=np.inf)))
         solve = restricted_solver(B.T @ self.Q @ B, f"the active face ({B.shape[1]} "
@@ -477,11 +554,27 @@ class QP(Problem):
         H = np.broadcast_to(self.h, (C.shape[0], self.G.shape[0])) if H is None else H
         H = np.ascontiguousarray(H, dtype=np.float64)
         kernel = _kernel("qp_goldfarb_idnani", C.shape[0], self.G.size)
-        X, _, _, status = kernel(self.Q, np.ascontiguousarray(C), self.G, H, 1e-13,
-                                 self.max_iter)
+        X, Lam, _, status = kernel(self.Q, np.ascontiguousarray(C), self.G, H, 1e-13,
+                                   self.max_iter)
         if np.any(status == 1):
             raise ValueError(f"QP: {int(np.sum(status == 1))} of {C.shape[0]} rows have "
                              "infeasible constraints G x <= h")
+        # rows whose relative KKT residual shows the dual method's rounding (|c| >> |h|):
+        # the null-space polish of :meth:`_solve`, row by row (rare)
+        Q, G = self.Q, self.G
+        stat = np.abs(X @ Q + C + Lam @ G).max(axis=1) / np.maximum(
+            (np.abs(C) + np.abs(X) @ np.abs(Q) + np.abs(Lam) @ np.abs(G)).max(axis=1), 1e-300)
+        hs = np.maximum(np.abs(H) + np.abs(X) @ np.abs(G.T), 1e-300)
+        slack = H - X @ G.T
+        infeasible = (np.maximum(-slack, 0.0) / hs).max(axis=1, initial=0.0)
+        complementarity = (np.abs(Lam * slack) / hs).max(axis=1, initial=0.0) / np.maximum(
+            np.abs(Lam).max(axis=1, initial=0.0), 1e-300)
+        worst = np.maximum(stat, np.maximum(infeasible, complementarity))
+        for r in np.flatnonzero((status == 0) & (worst > 1e-14)):
+            polished = self._polish(X[r], Lam[r], C[r], H[r])
+            if polished is not None and (self._residual(*polished, C[r], H[r])
+                                         < self._residual(X[r], Lam[r], C[r], H[r])):
+                X[r] = polished[0]
         if np.any(status == 2):
             warnings.warn(f"QP: {int(np.sum(status == 2))} rows hit max_iter={self.max_iter}; "
                           "raise max_iter", ConvergenceWarning, stacklevel=3)
@@ -508,12 +601,19 @@ class QP(Problem):
         return ((GC,) if self.h is not None else (GC, GH)), margins
 
 
-def _kkt_residual(stationarity, slack, lam, *scales):
-    scale = max(1.0, *(float(np.abs(s).max(initial=0.0)) for s in scales))
-    return max(float(np.abs(stationarity).max(initial=0.0)),
-               float(np.maximum(-slack, 0.0).max(initial=0.0)),
-               float(np.abs(lam * slack).max(initial=0.0)) / max(1.0, np.abs(lam).max(
-                   initial=0.0))) / scale
+def _kkt_residual(stationarity, slack, lam, grad_scale, slack_scale):
+    """Largest of stationarity, infeasibility and complementarity, each relative to its terms.
+
+    ``grad_scale`` (n,) bounds the terms of ``Q x + c + G^T lam`` (``|c| + |Q||x| +
+    |G^T||lam|``), ``slack_scale`` (m,) those of ``h - G x`` (``|h| + |G||x|``): rescaling the
+    data rescales both, so the residual (and ``tol``) are scale-free.
+    """
+    gs = float(np.max(grad_scale, initial=0.0)) or 1.0
+    hs = np.where(slack_scale > 0, slack_scale, 1.0)
+    lam_scale = float(np.abs(lam).max(initial=0.0)) or 1.0
+    return max(float(np.abs(stationarity).max(initial=0.0)) / gs,
+               float((np.maximum(-slack, 0.0) / hs).max(initial=0.0)),
+               float((np.abs(lam * slack) / hs).max(initial=0.0)) / lam_scale)
 
 
 @register_problem
@@ -531,7 +631,9 @@ class NNLS(Problem):
     ----------
     A : array_like, shape (m, n)
     tol : float, optional
-        Dual tolerance of Lawson-Hanson (default ``10 eps ||A||_1 max(m, n)`` as SciPy).
+        Dual tolerance of Lawson-Hanson, relative to ``max |b_i|`` (default
+        ``10 eps ||A||_1 max(m, n)`` as SciPy, times ``max |b_i|``: rescaling ``b``
+        rescales ``x*`` and nothing else).
     max_iter : int, optional
         Cap on inner iterations (default ``3 n + 10``).
 
@@ -594,6 +696,8 @@ class NNLS(Problem):
         A = np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.1, 0.4, 1.0], [0.5, 0.0, 0.3]])
         return [("nnls-b", cls(A), np.array([1.0, -1.0, 0.5, 0.2]))]
 
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
+
     def check_theta(self, theta):
         """``b`` of shape (m,)."""
         return (check_array(_bare(theta), "b", shape=(self.A.shape[0],)),)
@@ -609,10 +713,11 @@ class NNLS(Problem):
         x, lam, n_iter, ok = nnls_lawson_hanson(self.A, b, self.dual_tol, self.max_iter)
         grad = self.A.T @ (self.A @ x - b)
         free = x > 0
-        scale = max(1.0, float(np.abs(self.A.T @ b).max()))
+        # relative to the data's own scale ||A||_max ||b||_inf (1 when b = 0, x* = 0)
+        scale = float(np.abs(self.A).max() * np.abs(b).max()) or 1.0
         residual = max(float(np.abs(grad[free]).max(initial=0.0)),
                        float(np.maximum(-grad[~free], 0.0).max(initial=0.0))) / scale
-        active = np.flatnonzero(x <= _ACTIVE_TOL * max(1.0, np.abs(x).max()))
+        active = np.flatnonzero(x <= _ACTIVE_TOL * (np.abs(x).max() or 1.0))
         return x, n_iter, residual, {"lam": lam, "nu": np.zeros(0), "active": active}
 
     # torch maps -----------------------------------------------------------------------
@@ -635,16 +740,16 @@ class NNLS(Problem):
 
         ``E_M(z, b) = 1/2 ||A_F z - b||^2``: ``d_b grad_z E_M = -A_F^T``. The margin is the
         smallest of the active set's multipliers ``(A^T(Ax* - b))_A`` (relative to
-        ``max(1, ||A^T(Ax* - b)||_inf)``) and the free entries (relative to
-        ``max(1, ||x*||_inf)``), as the closed form's.
+        ``||A^T(Ax* - b)||_inf``) and the free entries (relative to ``||x*||_inf``), as the
+        closed form's: scale-free, like the solve.
         """
         b = np.asarray(_bare(solution.theta), dtype=np.float64)
         x = solution.x
-        xnorm = max(1.0, float(np.abs(x).max()))
+        xnorm = float(np.abs(x).max()) or 1.0
         free = np.flatnonzero(x > _ACTIVE_TOL * xnorm)
         bound = np.setdiff1d(np.arange(x.size), free)
         grad = self.A.T @ (self.A @ x - b)
-        gscale = max(1.0, float(np.abs(grad).max()))
+        gscale = float(np.abs(grad).max()) or 1.0
         margin = min(float((x[free] / xnorm).min(initial=np.inf)),
                      float((grad[bound] / gscale).min(initial=np.inf)))
         AF = self.A[:, free]

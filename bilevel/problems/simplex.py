@@ -39,7 +39,7 @@ from bilevel._types import (
     StepMap,
     as_tuple,
 )
-from bilevel.problems.base import Capabilities, Problem, check_array
+from bilevel.problems.base import Capabilities, Problem, check_array, check_scalar, pick_kernel
 from bilevel.problems.kkt import KKT
 from bilevel.problems.projections import _torch_simplex
 
@@ -68,7 +68,7 @@ def _kernel(name, Z):
     """Pick the ``prange`` kernel for large batches, its serial twin for small ones."""
     from bilevel.solvers import projections
 
-    return getattr(projections, name + ("_batched" if Z.size >= _PARALLEL_MIN else "_rows"))
+    return pick_kernel(projections, name, Z.size >= _PARALLEL_MIN)
 
 
 def _support_kkt(H, X):
@@ -118,7 +118,14 @@ def _support_vjp(H, X, v):
     m, d = X.shape
     M, _, flat = _support_kkt(H, X)
     rhs = np.concatenate([np.ravel(v)[flat], np.zeros(m)])
-    u = np.linalg.solve(M, rhs)[:flat.size]
+    try:
+        u = np.linalg.solve(M, rhs)[:flat.size]
+    except np.linalg.LinAlgError:
+        raise SingularSystemError(
+            "the KKT system on the support of x* is singular: the quadratic is not strictly "
+            "convex there (duplicated or collinear columns of A make the minimizer non-unique "
+            "and x* not differentiable); remove duplicated or collinear columns, or add a "
+            "small ridge term") from None
     g = np.zeros(X.size)
     g[flat] = -u
     return g
@@ -204,7 +211,8 @@ class SimplexLeastSquares(Problem):
     A : ndarray, shape (m, n)
         Design; with full column rank the minimizer is unique.
     tol : float
-        Tolerance on the natural residual ``||x - P_Delta(x - grad f(x))||_inf``.
+        Tolerance on the natural residual ``||x - P_Delta(x - grad f(x) / L)||_inf``,
+        ``L = ||A||_2^2`` (scale-free: ``(c A, c b)`` has the solution of ``(A, b)``).
     max_iter : int
         Iterations of the entropic mirror descent before the exact polish on the support.
 
@@ -258,6 +266,8 @@ class SimplexLeastSquares(Problem):
         A = np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.1, 0.4, 1.0], [0.5, 0.0, 0.3]])
         return [("simplex_ls-b", cls(A), np.array([1.0, 0.6, -0.5, 0.2]))]
 
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
+
     def check_theta(self, theta):
         """``b`` of shape (m,), finite."""
         if isinstance(theta, (tuple, list)):
@@ -274,8 +284,10 @@ class SimplexLeastSquares(Problem):
         x0 = np.maximum(x0, 1e-12)
         x0 = (x0 / x0.sum()).reshape(1, -1)
         c = -self.A.T @ as_tuple(theta)[0]
-        X, n_iter, residual = _solve_simplices(self.H, c, x0, 1.0 / self.lipschitz, self.tol,
-                                               self.max_iter)
+        # f / L has the same minimizer and a gradient in the units of x (on the simplex):
+        # the natural residual of f / L, and so tol, are scale-free, x*(cA, cb) = x*(A, b).
+        X, n_iter, residual = _solve_simplices(self.H / self.lipschitz, c / self.lipschitz, x0,
+                                               1.0, self.tol, self.max_iter)
         return X.ravel(), n_iter, residual, _simplex_multipliers(
             (self.H @ X.ravel() + c).reshape(X.shape), X)
 
@@ -348,7 +360,8 @@ class MultiLabelSegmentation(Problem):
     alpha : float
         Strong-convexity weight (> 0): makes the minimizer unique.
     tol : float
-        Tolerance on the natural residual.
+        Tolerance on the natural residual of ``E / (alpha + 8 mu)`` (scale-free:
+        ``(c C, c mu, c alpha)`` has the solution of ``(C, mu, alpha)``).
     max_iter : int
         Iterations of the entropic mirror descent.
 
@@ -373,7 +386,8 @@ class MultiLabelSegmentation(Problem):
     name = "segmentation"
 
     def __init__(self, mu=1.0, alpha=0.1, tol=1e-11, max_iter=50000):
-        if not (np.isfinite(mu) and mu > 0 and np.isfinite(alpha) and alpha > 0):
+        mu, alpha = check_scalar(mu, "mu"), check_scalar(alpha, "alpha")
+        if not (mu > 0 and alpha > 0):
             raise ValueError(f"mu and alpha must be finite and > 0, got mu={mu}, alpha={alpha}")
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
@@ -402,6 +416,8 @@ class MultiLabelSegmentation(Problem):
         """Two pixels, three labels, a clear winner each."""
         return [("segmentation-pixels", cls(mu=0.2, alpha=0.5),
                  np.array([[[0.0, 0.3, 2.0], [0.2, 0.1, 2.0]]]))]
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``C`` of shape (h, w, K) with K >= 2, finite."""
@@ -449,13 +465,17 @@ class MultiLabelSegmentation(Problem):
         C = np.asarray(as_tuple(theta)[0], dtype=np.float64)
         X0 = np.maximum(x0, 1e-12)
         X0 = np.ascontiguousarray(X0 / X0.sum(axis=2, keepdims=True))
-        X, n_iter, residual = kernels.bregman_segmentation(C, self.mu, self.alpha, X0,
-                                                           self.step_size, self.max_iter,
-                                                           self.tol)
+        # E / L (L = alpha + 8 mu) has the same minimizer and a gradient in the units of X:
+        # its natural residual, and so tol, are scale-free ((c C, c mu, c alpha) ~ (C, mu,
+        # alpha)), and the step 1 / L becomes 1.
+        L = 1.0 / self.step_size
+        X, n_iter, residual = kernels.bregman_segmentation(
+            np.ascontiguousarray(C / L), self.mu / L, self.alpha / L, X0, 1.0, self.max_iter,
+            self.tol)
         if residual > self.tol and C.size <= _DENSE_MAX:
             H = self._hessian(C.shape)
-            X = _polish(H, C.ravel(), X.reshape(-1, C.shape[2])).reshape(C.shape)
-            G = (H @ X.ravel() + C.ravel()).reshape(-1, C.shape[2])
+            X = _polish(H / L, C.ravel() / L, X.reshape(-1, C.shape[2])).reshape(C.shape)
+            G = (H @ X.ravel() + C.ravel()).reshape(-1, C.shape[2]) / L
             residual = kernels.natural_residual(X.reshape(-1, C.shape[2]), G, kernels.SIMPLEX)
         G = self.gradient(torch.from_numpy(X), torch.from_numpy(C)).numpy()
         return X, n_iter, residual, _simplex_multipliers(G.reshape(-1, C.shape[2]),
@@ -550,7 +570,8 @@ class MatrixGame(Problem):
     Parameters
     ----------
     tol : float
-        Tolerance on the natural residuals of both players.
+        Tolerance on the natural residuals of both players, for the payoff
+        ``A / max|A_ij|`` (relative: scaling ``A`` changes nothing).
     max_iter : int
         Iterations of the entropic primal-dual method.
 
@@ -613,6 +634,8 @@ class MatrixGame(Problem):
         """Return a game with a fully mixed equilibrium."""
         return [("matrix_game-A", cls(), np.array([[2.0, -1.0], [-1.0, 1.0]]))]
 
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
+
     def check_theta(self, theta):
         """Validate ``A``: shape (m, n) with m, n >= 1, finite."""
         if isinstance(theta, (tuple, list)):
@@ -649,6 +672,9 @@ class MatrixGame(Problem):
         m, n = A.shape
         x0 = np.maximum(x0, 1e-12)
         xs, ys = x0[:m] / x0[:m].sum(), x0[m:] / x0[m:].sum()
+        # Solve the game of A / max|A_ij| (the same equilibrium): the natural residuals, and
+        # so tol, are then relative to the payoffs' scale, and x*(c A) = x*(A) for c > 0.
+        A = A / (float(np.max(np.abs(A))) or 1.0)
         step = self.steps(A)
         x, y, n_iter, residual = bregman_pd_game(A, xs, ys, step, step, self.max_iter,
                                                  self.tol)
@@ -790,9 +816,7 @@ class EntropicSimplex(Problem):
     tol = 1e-12
 
     def __init__(self, step_size=0.5):
-        if not (0.0 < step_size < 1.0):
-            raise ValueError(f"step_size must be in (0, 1), got {step_size!r}")
-        self.step_size = float(step_size)
+        self.step_size = check_scalar(step_size, "step_size", lower=0.0, upper=1.0)
 
     def __repr__(self):
         return f"EntropicSimplex(step_size={self.step_size})"
@@ -819,6 +843,8 @@ class EntropicSimplex(Problem):
     def examples(cls):
         """Scores of three classes (smooth everywhere)."""
         return [("entropic_simplex-z", cls(), np.array([0.5, -1.0, 2.0]))]
+
+    check_batch = Problem.check_batch_finite    # check_theta: shapes and finiteness only
 
     def check_theta(self, theta):
         """``z`` of shape ``(..., n)``, ``n >= 1``, finite."""

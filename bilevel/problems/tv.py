@@ -24,7 +24,13 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import Batch, BatchSolution, Manifold, Optimality, StepMap
-from bilevel.problems.base import Capabilities, Problem, check_array, check_nonnegative
+from bilevel.problems.base import (
+    Capabilities,
+    Problem,
+    check_array,
+    check_nonnegative,
+    pick_kernel,
+)
 
 __all__ = ["TV1D"]
 
@@ -62,7 +68,13 @@ def _kernel(name, S):
     """Pick the ``prange`` kernel for large batches, its serial twin for small ones."""
     from bilevel.solvers import tv
 
-    return getattr(tv, name + ("_batched" if S.size >= _PARALLEL_MIN else "_rows"))
+    return pick_kernel(tv, name, S.size >= _PARALLEL_MIN)
+
+
+# cond(D D^T) above which an unconverged order-2/3 solve is the Cholesky's breakdown (seen
+# from 1e20 on), and the size the error recommends (cond <= 1e18).
+_COND_BREAKDOWN = 1e19
+_COND_SAFE = 1e18
 
 
 def torch_diff(y, order):
@@ -82,7 +94,8 @@ class TV1D(Problem):
     norm : {"l1", "l2"}
         ``lam ||D^k y||_1`` or ``(lam/2) ||D^k y||^2``.
     tol : float
-        Duality-gap tolerance (relative to ``max(||s||^2/2, 1)``) of the order-2/3 l1 solver.
+        Duality-gap tolerance (relative to ``||s||^2/2``, net of the gap's rounding error)
+        of the order-2/3 l1 solver; ``(c s, c lam)`` stops where ``(s, lam)`` does.
     max_iter : int
         Projected-Newton iterations of the order-2/3 l1 solver.
 
@@ -110,8 +123,9 @@ class TV1D(Problem):
     name = "tv1d"
 
     def __init__(self, order=1, norm="l1", tol=1e-13, max_iter=500):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) \
+                or order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3 (an int), got {order!r}")
         if norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
         if not (tol > 0 and max_iter >= 1):
@@ -155,6 +169,15 @@ class TV1D(Problem):
                              f"got {s.shape[0]}")
         return s, check_nonnegative(theta[1], "lam", shapes=((),))
 
+    def check_batch(self, parts):
+        """:meth:`Problem.check_batch`, vectorized: ``S`` (B, n) and ``lam`` (B,)."""
+        if len(parts) != 2 or np.ndim(parts[0]) != 2 or np.shape(parts[1]) != parts[0].shape[:1]:
+            return super().check_batch(parts)
+        S, lam = parts
+        bad = ~np.isfinite(S).all(axis=1) | ~np.isfinite(lam) | (lam < 0)
+        self._check_rows(parts, [0, *np.flatnonzero(bad)[:1]])   # raises on the bad row
+        return S.shape[0]
+
     def init(self, parts):
         """Start from the signal itself (dual 0)."""
         return parts[0].copy()
@@ -168,10 +191,34 @@ class TV1D(Problem):
         if self.order == 1:
             y, n_iter, gap = tv1d_condat(s, lam), 1, 0.0
         else:
-            u0 = tv_dual_from_primal(s, x0, self.order)
-            y, _, n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol, self.max_iter)
+            try:
+                u0 = tv_dual_from_primal(s, x0, self.order)
+                y, _, n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol,
+                                                   self.max_iter)
+            except ZeroDivisionError:           # a zero pivot of the banded Cholesky
+                raise self._conditioning_error(s.shape[0]) from None
+            if gap > self.tol and self._condition(s.shape[0]) > _COND_BREAKDOWN:
+                raise self._conditioning_error(s.shape[0])
         jumps = np.flatnonzero(np.abs(np.diff(y, self.order)) > self._zero_tol(s))
         return y, n_iter, gap, {"gap": gap, "jumps": jumps}
+
+    def _condition(self, n):
+        """Condition number of ``D D^T`` for the order-k differences of n samples.
+
+        Its eigenvalues are ``(2 - 2 cos(j pi / n))^k``: from about ``(pi / n)^(2k)`` to
+        ``4^k``, a ratio of about ``(2n / pi)^(2k)``.
+        """
+        return (2.0 * n / np.pi) ** (2 * self.order)
+
+    def _conditioning_error(self, n):
+        """Return the ValueError of a banded Cholesky of ``D D^T`` that broke down."""
+        n_max = int(np.pi / 2 * _COND_SAFE ** (1 / (2 * self.order)))
+        return ValueError(
+            f"TV1D(order={self.order}) on s of n={n} samples: the banded system D D^T of the "
+            f"order-{self.order} differences has condition number about (2n/pi)^"
+            f"{2 * self.order} = {self._condition(n):.1e}, beyond float64 (its Cholesky "
+            f"breaks down); denoise s in overlapping windows of at most {n_max} samples, or "
+            "use a lower order")
 
     def _require(self, norm, what):
         if self.norm != norm:
@@ -180,7 +227,7 @@ class TV1D(Problem):
 
     @staticmethod
     def _zero_tol(s):
-        return _ZERO_TOL * max(1.0, float(np.max(np.abs(s))))
+        return _ZERO_TOL * (float(np.max(np.abs(s))) or 1.0)    # relative to the data
 
     # torch maps -----------------------------------------------------------------------
     def energy(self, y, theta):
@@ -307,6 +354,8 @@ class TV1D(Problem):
             U0 = np.zeros((S.shape[0], S.shape[1] - self.order))
             Y, _, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
                                                          self.max_iter)
+            if np.any(gaps > self.tol) and self._condition(S.shape[1]) > _COND_BREAKDOWN:
+                raise self._conditioning_error(S.shape[1])
             if np.any(gaps > self.tol):
                 import warnings
 
@@ -325,7 +374,8 @@ class TV1D(Problem):
         if self.norm == "l2":
             G, g_lam = _kernel("tv_l2_vjp", S)(Y, lam, self.order, V)
             return (G, g_lam), np.full(S.shape[0], np.inf)
-        tol = _ZERO_TOL * np.maximum(1.0, np.abs(S).max(axis=1))
+        smax = np.abs(S).max(axis=1)
+        tol = _ZERO_TOL * np.where(smax > 0, smax, 1.0)
         G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
         return (G, g_lam), margins
 

@@ -66,6 +66,13 @@ def _torch_div(gx, gy):
     return dx + dy
 
 
+# Widest blur accepted: the constructor's bound (the kernel's 6 sigma + 1 taps are stored)
+# and, at solve time, the kernel radius relative to the image's larger side. Beyond these the
+# blurred image is its mean to rounding; the convolution's cost grows with the radius.
+_MAX_BLUR_SIGMA = 1e4
+_MAX_BLUR_RADIUS_RATIO = 4
+
+
 @register_problem
 class TV2D(Problem):
     """2-D isotropic TV ``1/2||A u - f||^2 + lam ||grad u||_{2,1}``; theta ``(f, lam)``.
@@ -80,8 +87,9 @@ class TV2D(Problem):
         Standard deviation of the blur, in pixels (``operator="blur"``).
     tol : float
         Tolerance on the relative KKT residual (stationarity
-        ``||A^T(Au - f) - div p||_inf / max(||f||_inf, 1)`` and complementarity
-        ``sum (lam |grad u| - <p, grad u>) / max(||f||^2/2, 1)``).
+        ``||A^T(Au - f) - div p||_inf / ||f||_inf`` and complementarity
+        ``sum (lam |grad u| - <p, grad u>) / (||f||^2/2)``): relative to the data, so that
+        ``u*(c f, c lam) = c u*(f, lam)`` holds for every ``c > 0``, to the same tolerance.
     max_iter : int
         Primal-dual iterations.
 
@@ -110,6 +118,10 @@ class TV2D(Problem):
             raise ValueError(f"operator must be 'identity' or 'blur', got {operator!r}")
         if not (np.isfinite(blur_sigma) and blur_sigma > 0):
             raise ValueError(f"blur_sigma must be > 0 (pixels), got {blur_sigma}")
+        if blur_sigma > _MAX_BLUR_SIGMA:
+            raise ValueError(f"blur_sigma must be <= {_MAX_BLUR_SIGMA:.0f} pixels (a kernel of "
+                             f"radius 3 blur_sigma), got {blur_sigma:.3g}: a blur that wide "
+                             "turns any image into its mean and cannot be inverted")
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         from bilevel.solvers.tv2d import gaussian_kernel
@@ -162,6 +174,14 @@ class TV2D(Problem):
         from bilevel.solvers.tv2d import tv2d_solve
 
         f, lam = theta[0], float(theta[1])
+        radius = (self.kernel.size - 1) // 2
+        if radius > _MAX_BLUR_RADIUS_RATIO * max(f.shape):
+            raise ValueError(
+                f"blur_sigma={self.blur_sigma:.3g} is too wide for a {f.shape[0]} x "
+                f"{f.shape[1]} image f: the kernel radius ceil(3 blur_sigma) = {radius} exceeds "
+                f"{_MAX_BLUR_RADIUS_RATIO} times the image size, so A f is nearly constant "
+                "and the deblurring ill-posed (and slow); use blur_sigma <= "
+                f"{_MAX_BLUR_RADIUS_RATIO * max(f.shape) / 3:.3g}")
         u, p, n_iter, residual = tv2d_solve(f, lam, x0, np.zeros((2,) + f.shape), self.kernel,
                                             self.identity, self.tol, self.max_iter)
         return u, n_iter, residual, {"dual": p}

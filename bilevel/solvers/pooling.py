@@ -37,7 +37,9 @@ Solvers:
 All stop when the Newton step falls below ``1e-15 (|y| + alpha)`` (after taking it: quadratic
 convergence makes the result exact to round-off) and report the relative residual
 ``min(|F| / sum_i |phi'(y - x_i)|, |F / F'| / (|y| + alpha))`` (round-off level at the
-solution; the second form covers rows where every term of ``F`` is tiny).
+solution; the second form covers rows where every term of ``F`` is tiny), or, when the
+bracket of the root shrinks below that length, its relative width (``alpha`` far below the
+spread of ``x``: ``F`` jumps across the root, a median).
 
 The VJP is the unconstrained implicit formula (Gould et al., Proposition 4.4): ``y*`` solves
 ``F(y, x) = 0``, ``dF/dy = sum_j phi''(y - x_j)`` and ``dF/dx_i = -phi''(y - x_i)``, so
@@ -65,13 +67,27 @@ PENALTIES = {"quadratic": 0, "pseudo_huber": 1, "huber": 2, "welsch": 3,
 _STEP_TOL = 1e-15
 
 
+@njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
+def _inv_hypot1(r):
+    """``1 / sqrt(1 + r^2)`` without overflow: ``(1/m) / sqrt((1/m)^2 + (r/m)^2)``, ``m >= 1``.
+
+    ``r = z / alpha`` passes ``1e154`` (``r^2`` overflows, the pseudo-Huber derivative
+    vanishes and the mean comes out instead of the median) once ``alpha`` is tiny; branch-free
+    so that the sums still vectorize.
+    """
+    m = max(abs(r), 1.0)
+    q = 1.0 / m
+    w = r * q
+    return q * (q * q + w * w) ** -0.5       # vectorizes (1 / sqrt does not)
+
+
 @njit(cache=True)
 def _dphi(z, penalty, a):
     """``(phi'(z), phi''(z))`` of penalty ``penalty`` with parameter ``a``."""
     if penalty == 0:
         return z, 1.0
     if penalty == 1:
-        t = 1.0 / np.sqrt(1.0 + (z / a) * (z / a))
+        t = _inv_hypot1(z / a)
         return z * t, t * t * t
     if penalty == 2:
         if abs(z) < a:
@@ -95,11 +111,26 @@ def _sums_pseudo_huber(x, y, a):
     g = 0.0
     h = 0.0
     s = 0.0
+    rr = 0.0                                    # sum (z/alpha)^2: inf iff one overflowed
     inv = 1.0 / a
     for i in range(x.shape[0]):
         z = y - x[i]
         r = z * inv
-        t = (1.0 + r * r) ** -0.5             # vectorizes (1 / sqrt does not)
+        q = r * r
+        t = (1.0 + q) ** -0.5                 # vectorizes (1 / sqrt does not)
+        g += z * t
+        h += t * t * t
+        s += abs(z * t)
+        rr += q
+    if rr < np.inf:
+        return g, h, s
+    # (z / alpha)^2 overflowed somewhere (tiny alpha): again without overflow, slower
+    g = 0.0
+    h = 0.0
+    s = 0.0
+    for i in range(x.shape[0]):
+        z = y - x[i]
+        t = _inv_hypot1(z * inv)
         g += z * t
         h += t * t * t
         s += abs(z * t)
@@ -256,8 +287,13 @@ def _newton_row(x, penalty, a, y0, max_iter):
         y = y + dx
         if abs(dx) <= tol:
             fresh = True
+            res = min(res, (hi - lo) / (abs(y) + a))
             break
         if hi - lo <= tol:
+            # the root is bracketed to round-off (F(lo) < 0 < F(hi)): that is the certificate
+            # where F jumps across it (alpha far below the spread: F ~ alpha sign, F' ~ 0)
+            res = min(_relative_residual(x, y, penalty, a), (hi - lo) / (abs(y) + a))
+            fresh = True
             break
     if penalty == 2:
         g, h, _ = _residual_sums(x, y, penalty, a)
@@ -411,10 +447,20 @@ def pool_solve_batched(X, penalty, alpha, Y0, max_iter):
 @njit(cache=True, fastmath=_FM)
 def _weights_pseudo_huber(x, y, a, g):
     W = 0.0
+    rr = 0.0
     inv = 1.0 / a
     for i in range(x.shape[0]):
         r = (y - x[i]) * inv
-        t = (1.0 + r * r) ** -0.5             # vectorizes (1 / sqrt does not)
+        q = r * r
+        t = (1.0 + q) ** -0.5                 # vectorizes (1 / sqrt does not)
+        g[i] = t * t * t
+        W += g[i]
+        rr += q
+    if rr < np.inf:
+        return W, W
+    W = 0.0                                     # (z/alpha)^2 overflowed: without overflow
+    for i in range(x.shape[0]):
+        t = _inv_hypot1((y - x[i]) * inv)
         g[i] = t * t * t
         W += g[i]
     return W, W

@@ -53,10 +53,36 @@ SETS = {"l2_sphere": 0, "l2_ball": 1, "l1_sphere": 2, "l1_ball": 3, "linf_ball":
 
 
 @njit(cache=True)
+def _norm2(x):
+    """Return ``||x||_2`` as ``m ||x / m||_2`` with ``m = max |x_i|``.
+
+    No overflow above 1e154 and no underflow below 1e-154, where the projections' answers
+    are still computable.
+    """
+    m = 0.0
+    for i in range(x.shape[0]):
+        m = max(m, abs(x[i]))
+    if m == 0.0 or not np.isfinite(m):
+        return m
+    s = 0.0
+    for i in range(x.shape[0]):
+        t = x[i] / m
+        s += t * t
+    return m * np.sqrt(s)
+
+
+@njit(cache=True)
 def _simplex_tau(u, r):
-    """Threshold ``tau`` with ``sum max(u - tau, 0) = r`` (any sign of tau), by sorting."""
+    """Threshold ``tau`` with ``sum max(u - tau, 0) = r`` (any sign of tau), by sorting.
+
+    Computed on ``u - max(u)`` (the threshold is translation-equivariant): return
+    ``(tau - max(u), max(u))``. Callers form ``y_i = max((u_i - max u) - (tau - max u), 0)``
+    so that the sums have the scale of ``r`` and of the gaps ``max u - u_i``, not of ``|u|``:
+    ``sum y = r`` holds to rounding relative to ``r`` even when ``|u| >> r``.
+    """
     n = u.shape[0]
-    mu = np.sort(u)[::-1]
+    top = np.max(u)
+    mu = np.sort(u)[::-1] - top
     css = 0.0
     rho = 1
     for j in range(n):
@@ -66,7 +92,7 @@ def _simplex_tau(u, r):
     tot = 0.0
     for j in range(rho):
         tot += mu[j]
-    return (tot - r) / rho
+    return (tot - r) / rho, top
 
 
 @njit(cache=True)
@@ -74,7 +100,7 @@ def _project_row(x, code, r, y):
     """Write the projection of ``x`` into ``y``; return ``(tau, residual)``."""
     n = x.shape[0]
     if code <= 1:
-        nx = np.sqrt(np.sum(x * x))
+        nx = _norm2(x)
         if code == 1 and nx <= r:
             y[:] = x
             return nx, 0.0
@@ -84,30 +110,30 @@ def _project_row(x, code, r, y):
         else:
             for i in range(n):
                 y[i] = r * (x[i] / nx)
-        ny = np.sqrt(np.sum(y * y))
+        ny = _norm2(y)
         return nx, abs(ny - r) / r
     if code == 4:
         for i in range(n):
             y[i] = min(max(x[i], -r), r)
         return r, 0.0
     if code == 5:
-        tau = _simplex_tau(x, r)
+        tau, top = _simplex_tau(x, r)
         s = 0.0
         for i in range(n):
-            y[i] = max(x[i] - tau, 0.0)
+            y[i] = max((x[i] - top) - tau, 0.0)
             s += y[i]
-        return tau, abs(s - r) / r
+        return tau + top, abs(s - r) / r
     l1 = np.sum(np.abs(x))
     if code == 3 and l1 <= r:
         y[:] = x
         return 0.0, 0.0
-    tau = _simplex_tau(np.abs(x), r)
+    tau, top = _simplex_tau(np.abs(x), r)
     s = 0.0
     for i in range(n):
-        w = max(abs(x[i]) - tau, 0.0)
+        w = max((abs(x[i]) - top) - tau, 0.0)
         y[i] = -w if (x[i] < 0.0 and w > 0.0) else w     # no -0.0
         s += w
-    return tau, abs(s - r) / r
+    return tau + top, abs(s - r) / r
 
 
 @njit(cache=True, parallel=True)
@@ -133,7 +159,7 @@ def _vjp_row(x, y, code, r, plateau, v, g):
     """Write ``J v`` into ``g``; return the row's non-degeneracy margin."""
     n = x.shape[0]
     if code <= 1:
-        nx = np.sqrt(np.sum(x * x))
+        nx = _norm2(x)
         if code == 1 and nx <= r:
             g[:] = v
             return abs(nx - r) / r
@@ -142,10 +168,9 @@ def _vjp_row(x, y, code, r, plateau, v, g):
             return 0.0
         uv = 0.0
         for i in range(n):
-            uv += x[i] * v[i]
-        uv /= nx * nx
+            uv += (x[i] / nx) * v[i]
         for i in range(n):
-            g[i] = (r / nx) * (v[i] - x[i] * uv)
+            g[i] = (r / nx) * (v[i] - (x[i] / nx) * uv)
         return nx / r if code == 0 else abs(nx - r) / r
     scale = max(np.max(np.abs(x)), r)
     if code == 4:

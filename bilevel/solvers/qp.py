@@ -150,8 +150,14 @@ def _gi_core(Qinv, c, G, h, tol, max_iter):
     k = 0
     n_iter = 0
     status = QP_OPTIMAL
+    # x is updated from the unconstrained minimizer -Q^{-1} c: its rounding error is
+    # ~ eps |Q^{-1} c|, so violations are judged relative to that scale too (and to h's),
+    # never to an absolute 1: the result is scale-free and large c is not "infeasible".
+    x0norm = 0.0
+    for i in range(n):
+        x0norm = max(x0norm, abs(x[i]))
     while True:
-        xnorm = 1.0
+        xnorm = x0norm
         for i in range(n):
             xnorm = max(xnorm, abs(x[i]))
         p = -1
@@ -160,7 +166,7 @@ def _gi_core(Qinv, c, G, h, tol, max_iter):
             s = h[i]
             for j in range(n):
                 s -= G[i, j] * x[j]
-            if s < -tol * max(1.0, abs(h[i]) + gnorm[i] * xnorm):
+            if s < -tol * (abs(h[i]) + gnorm[i] * xnorm):
                 score = s / max(1.0, gnorm[i])
                 if score < worst:
                     worst = score
@@ -312,9 +318,13 @@ qp_goldfarb_idnani_rows = serial_twin(qp_goldfarb_idnani_batched, "qp_goldfarb_i
 def _qp_vjp_core(Qinv, G, h, c, x, v, active_tol):
     """Active-set VJP of one QP; return ``(grad_c, grad_h, margin, ok)``."""
     n, m = x.shape[0], G.shape[0]
-    xnorm = 1.0
+    xnorm = 0.0                 # the scale of x and h (relative: (c c, c h) gives c x*)
     for i in range(n):
         xnorm = max(xnorm, abs(x[i]))
+    for i in range(m):
+        xnorm = max(xnorm, abs(h[i]))
+    if xnorm == 0.0:
+        xnorm = 1.0
     slack = h - G @ x
     k = 0
     for i in range(m):
@@ -346,10 +356,12 @@ def _qp_vjp_core(Qinv, G, h, c, x, v, active_tol):
         sol, ok = _chol_solve(M, rhs)
         w = sol[:, 0].copy()
         grad_c = -(qv - QG @ w)
-        gscale = 1.0
+        gscale = 0.0
         gr = np.abs(x + Qinv @ c)           # scale of the multipliers
         for i in range(n):
             gscale = max(gscale, gr[i])
+        if gscale == 0.0:
+            gscale = 1.0
         for j in range(k):
             grad_h[idx[j]] = w[j]
             margin = min(margin, -sol[j, 1] / gscale)
@@ -388,16 +400,23 @@ qp_active_vjp_rows = serial_twin(qp_active_vjp_batched, "qp_active_vjp_rows")
 
 @njit(cache=True)
 def _nnls_core(A, b, tol, max_iter):
-    """Lawson-Hanson; return ``(x, lam, n_iter, converged)``."""
+    """Lawson-Hanson; return ``(x, lam, n_iter, converged)``.
+
+    ``tol`` is relative to ``max |b_i|`` (the dual ``A^T (b - A x)`` scales with ``b``), so
+    that ``x*(c b) = c x*(b)`` for every ``c > 0``.
+    """
     m, n = A.shape
     x = np.zeros(n)
     passive = np.zeros(n, np.bool_)
     w = A.T @ (b - A @ x)
     n_iter = 0
     converged = True
+    bscale = 0.0
+    for i in range(m):
+        bscale = max(bscale, abs(b[i]))
     while True:
         j = -1
-        best = tol
+        best = tol * bscale
         for i in range(n):
             if not passive[i] and w[i] > best:
                 best = w[i]
@@ -445,7 +464,7 @@ def _nnls_core(A, b, tol, max_iter):
             xmax = np.abs(x).max()
             for q in range(k):
                 i = idx[q]
-                if x[i] <= 1e-15 * max(1.0, xmax):
+                if x[i] <= 1e-15 * xmax:
                     x[i] = 0.0
                     passive[i] = False
         if not converged:
@@ -467,7 +486,8 @@ def nnls_lawson_hanson(A, b, tol, max_iter):
     A : ndarray, shape (m, n)
     b : ndarray, shape (m,)
     tol : float
-        Dual tolerance: stop when ``A^T (b - A x) <= tol`` off the passive set.
+        Dual tolerance relative to the data: stop when ``A^T (b - A x) <= tol max_i |b_i|``
+        off the passive set (scale-free: ``x*(c b) = c x*(b)``).
     max_iter : int
         Cap on inner iterations.
 
@@ -507,9 +527,11 @@ nnls_lawson_hanson_rows = serial_twin(nnls_lawson_hanson_batched, "nnls_lawson_h
 def _nnls_vjp_core(A, b, x, v, active_tol):
     """``grad_b = A_F (A_F^T A_F)^{-1} v_F``; return ``(grad_b, margin, ok)``."""
     m, n = A.shape
-    xnorm = 1.0
+    xnorm = 0.0                 # scales of x and of the gradient, relative (x*(c b) = c x*(b))
     for i in range(n):
         xnorm = max(xnorm, abs(x[i]))
+    if xnorm == 0.0:
+        xnorm = 1.0
     k = 0
     for i in range(n):
         if x[i] > active_tol * xnorm:
@@ -534,9 +556,11 @@ def _nnls_vjp_core(A, b, x, v, active_tol):
         sol, ok = _chol_solve(AF.T @ AF, rhs)
         grad = AF @ sol[:, 0].copy()
     gr = A.T @ (A @ x - b)
-    gscale = 1.0
+    gscale = 0.0
     for i in range(n):
         gscale = max(gscale, abs(gr[i]))
+    if gscale == 0.0:
+        gscale = 1.0
     for i in range(n):
         if x[i] <= active_tol * xnorm:
             margin = min(margin, gr[i] / gscale)

@@ -16,8 +16,10 @@ __all__ = ["KERNELS", "ridge_cholesky", "warmup"]
 def ridge_cholesky(X, y, lam):
     """Solve ridge regression with per-feature weights ``lam`` (shape (p,)).
 
-    Returns ``(w, n_iter, residual)`` with residual ``||grad E(w)||_inf`` and
-    ``n_iter = 0`` when the Hessian is not positive definite (w is then NaN).
+    Returns ``(w, n_iter, residual)`` with residual ``||grad E(w)||_inf`` relative to its
+    terms' scale ``||X^T y / n||_inf + ||H||_inf ||w||_inf`` (scale-free: ``c y`` gives
+    ``c w*`` and the same residual), and ``n_iter = 0`` when the Hessian is not positive
+    definite (w is then NaN).
     """
     n, p = X.shape
     H = X.T @ X / n
@@ -27,8 +29,9 @@ def ridge_cholesky(X, y, lam):
     w, ok = cholesky_solve(H, b)
     if not ok:
         return w, 0, np.inf
+    scale = np.max(np.abs(b)) + np.max(np.sum(np.abs(H), axis=1)) * np.max(np.abs(w))
     residual = np.max(np.abs(H @ w - b))
-    return w, 1, residual
+    return w, 1, residual / scale if scale > 0.0 else residual
 
 
 KERNELS = (ridge_cholesky,)

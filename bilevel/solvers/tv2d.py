@@ -140,12 +140,17 @@ def _data_gradient(u, f, w, identity):
 def tv2d_kkt_residual(u, p, f, lam, w, identity):
     """Relative KKT residual of ``(u, p)``: ``max(stationarity, complementarity)``.
 
-    Stationarity ``||A^T(Au - f) - div p||_inf / max(||f||_inf, 1)``; complementarity
-    ``sum_ij (lam |grad u_ij| - <p_ij, grad u_ij>) / max(||f||^2 / 2, 1)`` (for ``A = I``
-    and ``u = f + div p`` it is the duality gap); ``p`` must be feasible.
+    Stationarity ``||A^T(Au - f) - div p||_inf / ||f||_inf``; complementarity
+    ``sum_ij (lam |grad u_ij| - <p_ij, grad u_ij>) / (||f||^2 / 2)`` (for ``A = I``
+    and ``u = f + div p`` it is the duality gap); ``p`` must be feasible. Both are relative
+    to the data's own scale (1 for ``f = 0``), so that ``(c f, c lam)`` runs the same
+    iterations as ``(f, lam)``, scaled by ``c``.
     """
     r = _data_gradient(u, f, w, identity) - div2d(p)
-    stat = np.max(np.abs(r)) / max(np.max(np.abs(f)), 1.0)
+    fs = np.max(np.abs(f))
+    if fs == 0.0:
+        fs = 1.0
+    stat = np.max(np.abs(r)) / fs
     g = grad2d(u)
     comp = 0.0
     H, W = u.shape
@@ -153,7 +158,10 @@ def tv2d_kkt_residual(u, p, f, lam, w, identity):
         for j in range(W):
             comp += lam * np.sqrt(g[0, i, j] ** 2 + g[1, i, j] ** 2) \
                 - p[0, i, j] * g[0, i, j] - p[1, i, j] * g[1, i, j]
-    comp /= max(0.5 * np.sum(f * f), 1.0)
+    energy = 0.5 * np.sum((f / fs) ** 2)        # ||f||^2 / (2 fs^2), without underflow
+    if energy == 0.0:
+        energy = 1.0
+    comp = comp / fs / fs / energy
     return max(stat, comp)
 
 

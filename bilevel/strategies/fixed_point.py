@@ -29,6 +29,8 @@ from bilevel.strategies.base import Strategy, theta_tensors, warn_if_unconverged
 
 __all__ = ["FixedPoint"]
 
+_DEFAULT_TERMS = 100       # n_terms' default: the only value method="gmres" accepts
+
 
 @register_strategy
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class FixedPoint(Strategy):
         ``~ rho^n_terms`` with ``rho`` the contraction rate of ``T``). "gmres": Krylov solve
         of ``(I - d_x T)^T u = v`` to ``tol``.
     n_terms : int
-        Series terms (``method="neumann"``).
+        Series terms (``method="neumann"``; with "gmres", which does not use it, a value
+        other than the default raises).
     tol : float
         Relative residual tolerance of the adjoint system ``(I - d_x T)^T u = v``: GMRES's
         stopping rule; a Neumann series that ends above it warns
@@ -71,6 +74,10 @@ class FixedPoint(Strategy):
             raise ValueError(f"method must be 'neumann' or 'gmres', got {self.method!r}")
         if self.n_terms < 1:
             raise ValueError(f"n_terms must be >= 1, got {self.n_terms}")
+        if self.method == "gmres" and self.n_terms != _DEFAULT_TERMS:
+            raise ValueError(f"n_terms={self.n_terms} sets the Neumann series' length, which "
+                             "method='gmres' does not use: pass method='neumann' with it (or "
+                             "maxiter to cap GMRES)")
         if not (self.tol > 0):
             raise ValueError(f"tol must be > 0, got {self.tol}")
         if self.maxiter is not None and self.maxiter < 1:
@@ -110,7 +117,13 @@ class FixedPoint(Strategy):
             iterations = self.n_terms
             # v - (I - T_z^T) u_n = (T_z^T)^n v: the series' next term.
             residual = float(np.linalg.norm(jt(term)) / max(np.linalg.norm(b), 1e-300))
-            if residual > self.tol:
+            if not residual <= 1.0:       # terms that grow: rho(d_x T) >= 1
+                warnings.warn(
+                    f"fixed_point: the Neumann series diverges (adjoint residual {residual:.1e} "
+                    f"after {self.n_terms} terms): the step map is no contraction at x*, "
+                    "typically a step size above 2/L; use method='gmres', or lower the "
+                    "problem's step_size", ConvergenceWarning, stacklevel=3)
+            elif residual > self.tol:
                 warnings.warn(
                     f"fixed_point: the Neumann series of {self.n_terms} terms leaves the "
                     f"adjoint residual at {residual:.1e} > tol={self.tol:.0e}: the VJP is off "

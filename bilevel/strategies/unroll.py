@@ -142,11 +142,16 @@ class Unroll(Strategy):
                 while steps < (self.max_steps if target is None else target):
                     z = step_map.step(z, theta)
                     steps += 1
-                    if target is None and distance(z) <= self.tol:
+                    d = distance(z)
+                    if not np.isfinite(d):
+                        _diverged(steps)
+                    if target is None and d <= self.tol:
                         break
                 x = step_map.read(z, theta)
                 *grads, lam0 = pullback(x, (*parts, z0), v, retain_graph=adaptive)
                 residual = float(np.linalg.norm(lam0)) / v_norm if v_norm else 0.0
+                if not (np.isfinite(residual) and all(np.all(np.isfinite(g)) for g in grads)):
+                    _diverged(steps)
                 converged = distance(z) <= self.tol and (residual <= self.tol
                                                          or self.truncate is not None)
                 if not adaptive or converged or steps >= self.max_steps:
@@ -171,6 +176,17 @@ class Unroll(Strategy):
         with torch.no_grad():
             for k in range(1, self.max_steps + 1):
                 z = step_map.step(z, theta)
-                if distance(z) <= self.tol:
+                d = distance(z)
+                if not np.isfinite(d):
+                    _diverged(k)
+                if d <= self.tol:
                     return k
         return self.max_steps
+
+
+def _diverged(steps):
+    """Raise: the replay left the finite range (the step map is no contraction)."""
+    raise ValueError(f"unroll: the replayed iterates or their derivatives are not finite after "
+                     f"{steps} steps: the problem's step map diverges, typically a step size "
+                     "above 2/L (L the Lipschitz constant of grad_x E); lower the problem's "
+                     "step_size (e.g. Smooth(step_size=...)), or use implicit")

@@ -139,8 +139,10 @@ class ValueFiniteDifference(ValueStrategy):
     """Central finite differences of ``p(theta)``: the reference value strategy.
 
     ``p`` at each shifted theta is the energy at the re-solved minimizer (or the dual
-    certificate's value when the problem has no energy), each solve warm-started from
-    ``x*``.
+    certificate's value when the problem has no energy), each solve from the problem's own
+    start (a warm start at ``x*`` may stop at once); one-sided stencils at the edge of
+    theta's domain, and the default step checked against the map's scale, as in
+    :class:`~bilevel.strategies.FiniteDifference`.
 
     Parameters
     ----------
@@ -168,8 +170,9 @@ class ValueFiniteDifference(ValueStrategy):
         rel = self.rel_step if self.rel_step is not None else \
             np.finfo(float).eps ** (1 / (self.order + 1))
         grad, n_solves = stencil_gradient(
-            lambda theta: optimal_value(problem, problem.solve(theta, init=solution.x)),
-            solution.theta, self.order, rel)
+            lambda theta: optimal_value(problem, problem.solve(theta)),
+            solution.theta, self.order, rel, valid=problem.in_domain,
+            refine=self.rel_step is None)
         info = {"iterations": n_solves, "residual": None, "rel_step": rel,
                 "time": time.perf_counter() - start}
         return optimal_value(problem, solution), grad, info

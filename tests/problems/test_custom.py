@@ -159,3 +159,95 @@ def test_constrained_errors_and_infeasibility():
         Constrained(lambda x, t: (x * x).sum(), x0=np.zeros(1), method="cobyla")
     with pytest.raises(TypeError, match="eq must be callable"):
         Constrained(lambda x, t: (x * x).sum(), eq=3, x0=np.zeros(1))
+
+
+# -- issue 17: tol relative to the energy's own scale ------------------------------------
+@pytest.mark.parametrize("scale", [1e-10, 1e-12, 1e12])
+def test_smooth_scaled_energy_has_the_same_minimizer(scale):
+    """``c E`` has the minimizer of ``E``: 3.5% off at c = 1e-10 with an absolute gtol.
+
+    Reference: the closed form, per coordinate the real root of ``t0 x + 0.4 x^3 = t1``.
+    """
+    t0, t1 = 2.0, np.array([1.0, -1.0, 0.5])
+
+    def energy(x, t):
+        return scale * (0.5 * t[0] * (x @ x) - t[1] @ x + 0.1 * (x**4).sum())
+
+    sol = bl.problems.Smooth(energy, np.zeros(3), tol=1e-12).solve((np.asarray(t0), t1))
+    ref = np.array([np.real(r[np.abs(r.imag) < 1e-12][0])
+                    for r in (np.roots([0.4, 0.0, t0, -b]) for b in t1)])
+    assert sol.converged
+    # 1e-11: tol 1e-12 on the relative gradient, curvature >= t0 = 2
+    assert np.allclose(sol.x, ref, atol=1e-11)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_constrained_scaled_objective_has_the_same_minimizer(scale):
+    """The projection onto the sphere cap, objective scaled: SLSQP's absolute ftol stopped
+    at x0 for 1e-12 before the objective was normalized. Reference: the unscaled solve and
+    the closed form ``x = t / |t|`` restricted by ``x_0 <= 0.2`` (KKT, checked below)."""
+    t = np.array([1.0, 0.5, 0.2])
+
+    def build(c):
+        return Constrained(lambda x, th: c * ((x - th) ** 2).sum(),
+                           eq=lambda x, th: (x * x).sum() - 1.0,
+                           ineq=lambda x, th: x[:1] - 0.2, x0=np.array([0.0, 1.0, 0.0]))
+
+    ref = build(1.0).solve(t).x
+    closed = np.r_[0.2, t[1:] / np.linalg.norm(t[1:]) * np.sqrt(1 - 0.04)]
+    assert np.allclose(ref, closed, atol=1e-9)
+    sol = build(scale).solve(t)
+    assert sol.converged
+    assert np.allclose(sol.x, closed, atol=1e-9)       # SLSQP + Newton polish: ~1e-12
+
+
+# --- detection: no minimizer, saddles, non-finite energies (issue 17) ---
+def test_smooth_reports_a_saddle_point():
+    """x0 = 0 is stationary for x0^2 - x1^2: a first-order solver stops there at once."""
+    prob = bl.problems.Smooth(lambda x, t: x[0] ** 2 - x[1] ** 2 + 0 * t.sum(), np.zeros(2))
+    with pytest.warns(bl.ConvergenceWarning, match="saddle point.*eigenvalue -2.00e\\+00"):
+        sol = prob.solve(np.ones(2))
+    assert not sol.converged and sol.info["min_curvature"] == pytest.approx(-2.0)
+
+
+def test_smooth_certifies_the_curvature_of_a_minimum():
+    sol = bl.problems.Smooth(quartic, np.zeros(3)).solve(np.array([1.0, -2.0, 0.5]))
+    # Hessian I + 3 diag(x^2) >= I: its smallest eigenvalue is 1 + 3 min x^2.
+    assert sol.converged
+    assert sol.info["min_curvature"] == pytest.approx(1 + 3 * np.min(sol.x**2), rel=1e-10)
+
+
+@pytest.mark.parametrize("energy, match", [
+    (lambda x, t: (x**2).sum() * float("nan"), "not finite at the starting point"),
+    (lambda x, t: -(x**2).sum() + t @ x, "unbounded below"),
+    (lambda x, t: torch.tensor(1.0, dtype=torch.float64), "does not depend on x"),
+])
+def test_smooth_names_energies_without_a_minimizer(energy, match):
+    with pytest.raises(ValueError, match=match):
+        bl.problems.Smooth(energy, np.zeros(2)).solve(np.array([1.0, 0.5]))
+
+
+def test_smooth_names_a_theta_of_the_wrong_shape():
+    prob = bl.problems.Smooth(lambda x, t: (x**2).sum() + t @ x, np.zeros(2))
+    with pytest.raises(ValueError, match=r"energy\(x, theta\) failed on x of shape \(2,\) "
+                                         r"and theta of shape\(s\) \[\(3,\)\]"):
+        prob.solve(np.ones(3))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # SciPy's line search at |x| ~ 1e13
+def test_smooth_reports_a_linear_energy_as_unbounded():
+    prob = bl.problems.Smooth(lambda x, t: t @ x, np.zeros(2))
+    with pytest.warns(bl.ConvergenceWarning, match="unbounded below"):
+        sol = prob.solve(np.array([1.0, 0.5]))
+    assert not sol.converged
+
+
+def test_smooth_curvature_check_of_a_larger_x_is_vectorized():
+    """x of 40 entries: the Hessian's columns come from one batched backward pass."""
+    theta = np.linspace(-2, 2, 40)
+    sol = bl.problems.Smooth(quartic, np.zeros(40)).solve(theta)
+    assert sol.info["min_curvature"] == pytest.approx(1 + 3 * np.min(sol.x**2), rel=1e-10)
+    saddle = bl.problems.Smooth(lambda x, t: (x**2).sum() - 3 * x[7] ** 2 + 0 * t.sum(),
+                                np.zeros(40))
+    with pytest.warns(bl.ConvergenceWarning, match="eigenvalue -4.00e\\+00"):
+        saddle.solve(theta)

@@ -108,3 +108,18 @@ def test_l1_logistic_meets_kkt_and_matches_scikit_learn(instance):
                             fit_intercept=False, tol=1e-12, max_iter=100_000).fit(X, y)
         # liblinear's stopping rule is loose relative to ours: 1e-5 of the scale.
         np.testing.assert_allclose(sol.x, sk.coef_.ravel(), atol=1e-5 * np.abs(sol.x).max())
+
+
+def test_separable_data_at_lam_zero_report_no_minimizer():
+    """On separable data E(t x) decreases in t > 0 at lam = 0: no point is a minimizer."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 3))
+    y = np.sign(X @ np.array([1.0, 2.0, -1.0]))
+    with pytest.warns(bl.ConvergenceWarning, match="linearly separable.*use lam > 0"):
+        sol = bl.problems.LogisticRegression(X, y).solve(0.0)
+    assert not sol.converged
+    assert np.all(y * (X @ sol.x) > 0)            # the certificate: x separates the data
+    flipped = y.copy()
+    flipped[:5] *= -1                             # not separable: a minimizer exists
+    sol = bl.problems.LogisticRegression(X, flipped).solve(0.0)
+    assert sol.converged and "failure" not in sol.info

@@ -366,3 +366,25 @@ def test_non_convergence_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bl.problems.RobustPooling("welsch", 1.0).solve(x).converged
+
+
+# -- issue 17 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [1e-160, 1e-200, 1e-300])
+def test_pseudo_huber_tiny_alpha_is_the_median(alpha):
+    """alpha 1e-160 returned the mean: (z / alpha)^2 overflowed and phi' vanished. The
+    pseudo-Huber minimizer tends to the median as alpha -> 0 (odd n: the middle point)."""
+    x = np.random.default_rng(0).standard_normal((3, 7))
+    sol = bl.problems.RobustPooling("pseudo_huber", alpha=alpha).solve(x)
+    assert sol.converged
+    # the middle point to rounding of the bisection (|y| + alpha) 1e-15
+    assert np.allclose(sol.x, np.median(x, axis=1), rtol=1e-14, atol=0.0)
+
+
+@pytest.mark.parametrize("penalty", ["pseudo_huber", "huber", "welsch", "truncated_quadratic"])
+def test_pooling_scaled_data_and_alpha(penalty):
+    """``y*(c x; c alpha) = c y*(x; alpha)`` for c from 1e-12 to 1e12."""
+    x = np.random.default_rng(2).standard_normal((4, 9))
+    ref = bl.problems.RobustPooling(penalty, alpha=0.7).solve(x).x
+    for c in (1e-12, 1e12):
+        got = bl.problems.RobustPooling(penalty, alpha=0.7 * c).solve(c * x).x / c
+        assert np.allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())

@@ -348,3 +348,48 @@ def test_capabilities_by_set_and_their_reasons():
         bl.vjp(prob, np.array([1.0, 0.8, -0.1]), np.ones(3), "implicit")
     with pytest.raises(bl.NotApplicable, match="sublinearly"):
         bl.vjp(bl.problems.Projection("l2_ball"), np.array([2.0, 0.0]), np.ones(2), "bregman")
+
+
+# -- issue 17: norms without overflow, sums relative to the radius ------------------------
+@pytest.mark.parametrize("scale", [1e150, 1e200, 1e-170])
+@pytest.mark.parametrize("kind", ["l2_sphere", "l2_ball", "l1_sphere", "l1_ball", "simplex"])
+def test_projection_of_huge_and_tiny_vectors(kind, scale):
+    """Entries near 1e150-1e200 returned zeros (the norm overflowed); a sphere of norm 1e-170
+    returned the zero-vector convention. Closed forms: ``x / |x|`` (l2, rescaled first); far
+    outside the l1 ball or the simplex the largest entry takes the whole radius."""
+    x = np.array([0.3, -1.2, 0.7, 0.1])
+    sol = bl.problems.Projection(kind).solve(scale * x)
+    assert sol.converged
+    unit = x / np.linalg.norm(x)
+    if kind.startswith("l2"):
+        expected = unit if (kind == "l2_sphere" or scale > 1) else scale * x
+    elif scale < 1:                     # inside the l1 ball / far below the simplex
+        if kind == "l1_ball":
+            expected = scale * x
+        elif kind == "l1_sphere":       # every coordinate moves out by 1/4 (tiny |x| lost)
+            expected = np.sign(x) * 0.25
+        else:
+            expected = np.full(4, 0.25)
+    else:
+        expected = np.zeros(4)
+        top = np.argmax(np.abs(x)) if kind != "simplex" else np.argmax(x)
+        expected[top] = np.sign(x[top]) if kind != "simplex" else 1.0
+    # 1e-15 relative: one rescaling and one division per entry
+    assert np.allclose(sol.x, expected, rtol=1e-15, atol=1e-15 * np.abs(expected).max())
+
+
+@given(seed=st.integers(0, 2**16), exponent=st.floats(6, 12))
+def test_simplex_projection_far_from_the_radius_converges_exactly(seed, exponent):
+    """At |x| ~ 1e9 the residual was relative to r, not |x|: a false alarm in 10 of 10 draws.
+    The threshold is now computed on x - max(x): ``sum y = r`` to rounding of r."""
+    x = np.random.default_rng(seed).standard_normal(6) * 10.0**exponent
+    sol = bl.problems.Projection("simplex").solve(x)
+    assert sol.converged
+    assert abs(sol.x.sum() - 1.0) <= 1e-14 and sol.x.min() >= 0.0
+    # reference: sort-based projection (Duchi et al. 2008) in extended precision
+    u = np.sort(x.astype(np.longdouble))[::-1] - np.longdouble(x.max())
+    css = np.cumsum(u)
+    rho = np.nonzero(u * np.arange(1, 7) > css - 1)[0][-1]
+    tau = (css[rho] - 1) / (rho + 1)
+    ref = np.maximum(x - x.max() - tau, 0)
+    assert np.allclose(sol.x, np.asarray(ref, dtype=np.float64), atol=1e-15)

@@ -1,5 +1,8 @@
 """QP, NNLS, EqualityConstrainedLS, moment_matrix: solutions and VJPs against closed forms."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -333,3 +336,98 @@ def test_equality_constrained_ls_step_is_half_the_projector():
         np.testing.assert_allclose(bl.vjp(prob, xi, v, name), prob.P @ v, atol=1e-9,
                                    err_msg=name)
     assert "no inequality can switch" in prob.capabilities.why_not["manifold"]
+
+
+# -- issue 17: stopping rules relative to the data's own scale ----------------------------
+@pytest.mark.parametrize("scale", [1e-14, 1e-8, 1.0, 1e12])
+def test_nnls_tiny_and_huge_b_match_scipy(scale):
+    """``NNLS(A).solve(1e-14 b)`` is scipy's nnls (it returned 0 with an absolute dual tol)."""
+    import scipy.optimize
+
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    sol = NNLS(A).solve(scale * b)
+    ref = scipy.optimize.nnls(A, scale * b)[0]
+    assert sol.converged
+    assert np.any(ref > 0)
+    # 1e-12: both are exact active-set solutions of a well-conditioned A (rounding only)
+    assert np.allclose(sol.x, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_nnls_vjp_is_scale_free():
+    """dx*/db is 0-homogeneous in b: the active set (relative to |x|) does not move."""
+    rng = np.random.default_rng(1)
+    A, b, v = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal(4)
+    prob = NNLS(A)
+    g1 = bl.vjp(prob, b, v, strategy="analytic")
+    for scale in (1e-14, 1e12):
+        assert np.allclose(bl.vjp(prob, scale * b, v, strategy="analytic"), g1, rtol=1e-12,
+                           atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e10, 1e15, 1e20, 1e30])
+@pytest.mark.parametrize("offdiag", [0.0, 0.5, 0.9])
+def test_qp_large_c_on_a_box_is_the_vertex(scale, offdiag):
+    """QP with |c| >> |Q| on the box [-1, 1]^2: x* = -sign(c) (closed form).
+
+    The KKT conditions hold there since |Q x| <= 2 << |c|. The dual method carries
+    eps |Q^{-1} c| of rounding from its unconstrained start: it returned [-1, 0.944] at 1e15
+    and "infeasible" at 1e20 before the null-space polish on the active set.
+    """
+    Q = np.array([[1.0, offdiag], [offdiag, 1.0]])
+    G = np.vstack([np.eye(2), -np.eye(2)])
+    prob = QP(Q, G, np.ones(4))
+    for d in (np.array([1.0, -1.0]), np.array([1.0, -0.3]), np.array([-0.2, 1.0])):
+        sol = prob.solve(scale * d)
+        assert sol.converged
+        assert np.array_equal(sol.x, -np.sign(d)), (scale, offdiag, d, sol.x)
+
+
+def test_qp_vjp_is_scale_free():
+    """dx*/d(c, h) is 0-homogeneous: (c c, c h) has the active set of (c, h) at any c (the
+    active tolerance was ``1e-9 max(1, |x|)``: every slack below 1e-9 counted as active)."""
+    rng = np.random.default_rng(3)
+    Q = np.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 1.5]])
+    G = np.array([[1.0, 1.0, 0.0], [0.0, -1.0, 1.0], [1.0, 0.0, 0.0]])
+    c, h, v = np.array([-2.0, -1.0, 0.5]), np.array([0.5, 0.2, 3.0]), rng.standard_normal(3)
+    prob = QP(Q, G)
+    ref = bl.vjp(prob, (c, h), v, strategy="analytic")
+    assert np.allclose(ref[0], bl.vjp(prob, (c, h), v, strategy="implicit")[0], atol=1e-9)
+    for scale in (1e-12, 1e12):
+        got = bl.vjp(prob, (scale * c, scale * h), v, strategy="analytic")
+        for g, r in zip(got, ref):
+            # 1e-9: the same closed form on the same active set, up to rounding
+            assert np.allclose(g, r, rtol=1e-9, atol=1e-9), scale
+
+
+@pytest.mark.parametrize("ratio", [1e-9, 1e-11])
+def test_equality_ls_with_a_nearly_rank_deficient_d_warns_and_stays_accurate(ratio):
+    """Singular-value ratio 1e-11: the normal equations (cond^2 = 1e22) were 108% off."""
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    V = np.linalg.qr(rng.standard_normal((6, 3)))[0]
+    D = U @ np.diag([1.0, 0.5, ratio]) @ V.T
+    beta, xi = rng.standard_normal(3), rng.standard_normal(6)
+    with pytest.warns(bl.ConvergenceWarning,
+                      match=re.escape(f"condition number {1 / ratio:.1e}") + ".*remove"):
+        prob = EqualityConstrainedLS(D, beta)
+    # Closed form from the construction D = U S V^T: z* = (I - V V^T) xi + V S^-1 U^T beta.
+    z_ref = xi - V @ (V.T @ xi) + V @ ((U.T @ beta) / np.array([1.0, 0.5, ratio]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bl.ConvergenceWarning)   # the residual is eps * cond
+        z = prob.solve(xi).x
+    # D is itself rounded (relative 1e-16): z* moves by up to ~eps * cond relative to |z*|.
+    np.testing.assert_allclose(z, z_ref, atol=10 * 2.2e-16 / ratio * np.abs(z_ref).max())
+    with pytest.raises(ValueError, match="full row rank.*ratio 1.0e-13"):
+        EqualityConstrainedLS(U @ np.diag([1.0, 0.5, 1e-13]) @ V.T, beta)
+
+
+def test_qp_batch_with_large_c_is_the_vertex():
+    """The layer's batched solve polishes the rows the dual method's rounding spoiled."""
+    Q = np.array([[1.0, 0.9], [0.9, 1.0]])
+    G = np.vstack([np.eye(2), -np.eye(2)])
+    prob = QP(Q, G, np.ones(4))
+    C = np.array([[1.0, -0.3], [-0.2, 1.0], [0.3, 0.1]]) * np.array([[1e15], [1e20], [1.0]])
+    X = bl.torch.Layer(prob, strategy="analytic")(torch.from_numpy(C)).detach().numpy()
+    assert np.array_equal(X[:2], -np.sign(C[:2]))
+    assert np.allclose(X[2], prob.solve(C[2]).x, atol=1e-14)

@@ -1,5 +1,8 @@
 """Ridge: the exact strategies and the Jacobian against the closed-form hypergradient."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -42,3 +45,16 @@ def test_jacobian_per_feature_matches_closed_form():
         J = bl.jacobian(problem, lam, strategy)
         assert J.shape == (4, 4)
         np.testing.assert_allclose(J, J_ref, rtol=1e-9, atol=1e-13)
+
+
+def test_ridge_warns_with_the_condition_number():
+    """lam = 1e-13 with n < p: cond(X^T X / n + lam) = (s_max + lam) / lam, about 1e13."""
+    X, y = regression_data(5, 8, seed=1)
+    prob = bl.problems.Ridge(X, y)
+    cond = (np.linalg.eigvalsh(X.T @ X / 5)[-1] + 1e-13) / 1e-13
+    with pytest.warns(bl.ConvergenceWarning,
+                      match=re.escape(f"condition number up to {cond:.1e}") + ".*increase lam"):
+        prob.solve(1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prob.solve(1e-2)

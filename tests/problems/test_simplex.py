@@ -1,6 +1,7 @@
 """SimplexLeastSquares, MultiLabelSegmentation, MatrixGame, EntropicSimplex: solvers, VJPs."""
 
 import numpy as np
+import pytest
 import scipy.special
 import torch
 from hypothesis import assume, given
@@ -269,3 +270,76 @@ def test_entropic_simplex_bregman_over_leading_axes(rng):
     p = scipy.special.softmax(z, axis=-1)
     # The simplex is the last axis: p (v - <p, v>) row by row; 1e-12 residual: ~1e-10.
     np.testing.assert_allclose(g, p * (v - (p * v).sum(axis=-1, keepdims=True)), atol=1e-10)
+
+
+# -- issue 17: scale-free stopping rules -------------------------------------------------
+def _simplex_ls_by_faces(A, b):
+    """Minimize ||Ax - b||^2/2 over the simplex by enumerating faces (an exact reference).
+
+    On each support S the face's minimizer solves the KKT system of ``sum x_S = 1``; the
+    minimum over the feasible (``x_S >= 0``) candidates is the global one (convex problem).
+    """
+    import itertools
+
+    n = A.shape[1]
+    best, best_x = np.inf, None
+    for k in range(1, n + 1):
+        for S in itertools.combinations(range(n), k):
+            AS = A[:, S]
+            M = np.block([[AS.T @ AS, np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
+            sol = np.linalg.lstsq(M, np.r_[AS.T @ b, 1.0], rcond=None)[0][:k]
+            if sol.min() < -1e-14:
+                continue
+            x = np.zeros(n)
+            x[list(S)] = sol
+            value = 0.5 * np.sum((A @ x - b) ** 2)
+            if value < best:
+                best, best_x = value, x
+    return best_x
+
+
+def test_simplex_ls_scaled_data_matches_the_faces_reference():
+    """(A, b) scaled by 1e-6 was 34% off, "converged" (the natural residual was absolute)."""
+    A = np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.1, 0.4, 1.0], [0.5, 0.0, 0.3]])
+    b = np.array([1.0, 0.6, -0.5, 0.2])
+    ref = _simplex_ls_by_faces(A, b)
+    for scale in (1e-6, 1e-12, 1e12):
+        sol = bl.problems.SimplexLeastSquares(scale * A).solve(scale * b)
+        assert sol.converged
+        # 1e-10: the polished solve is exact on the support (tol 1e-12 before the polish)
+        assert np.allclose(sol.x, ref, atol=1e-10), (scale, sol.x, ref)
+
+
+def test_matrix_game_scaled_payoff_matches_linprog():
+    """A scaled by 1e-10 was 1.2% off; the equilibrium is the LP's (scipy HiGHS, exact)."""
+    import scipy.optimize
+
+    A = np.array([[0.0, -1.0, 2.0], [1.5, 0.0, -1.0], [-1.0, 1.0, 0.0]])  # fully mixed
+    m, n = A.shape
+    # min_x max_y x^T A y: min v s.t. A^T x <= v, sum x = 1, x >= 0 (and the dual for y)
+    lp_x = scipy.optimize.linprog(np.r_[np.zeros(m), 1.0], A_ub=np.c_[A.T, -np.ones(n)],
+                                  b_ub=np.zeros(n), A_eq=np.r_[np.ones(m), 0.0][None],
+                                  b_eq=[1.0], bounds=[(0, None)] * m + [(None, None)],
+                                  method="highs")
+    lp_y = scipy.optimize.linprog(np.r_[np.zeros(n), -1.0], A_ub=np.c_[-A, np.ones(m)],
+                                  b_ub=np.zeros(m), A_eq=np.r_[np.ones(n), 0.0][None],
+                                  b_eq=[1.0], bounds=[(0, None)] * n + [(None, None)],
+                                  method="highs")
+    ref = np.r_[lp_x.x[:m], lp_y.x[:n]]
+    prob = bl.problems.MatrixGame()
+    for scale in (1e-10, 1.0, 1e10):
+        sol = prob.solve(scale * A)
+        assert sol.converged
+        # 1e-8: HiGHS's own feasibility tolerance on a unit-size LP is ~1e-9
+        assert np.allclose(sol.x, ref, atol=1e-8), (scale, sol.x, ref)
+
+
+def test_simplex_least_squares_names_a_duplicated_column():
+    """Duplicated columns: x* is not unique and not differentiable; say so, with the remedy."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((8, 4))
+    A[:, 3] = A[:, 2]
+    prob = bl.problems.SimplexLeastSquares(A)
+    b = A @ np.array([0.2, 0.3, 0.25, 0.25])      # both copies carry weight at x*
+    with pytest.raises(bl.SingularSystemError, match="duplicated or collinear columns"):
+        bl.vjp(prob, b, np.ones(4), "analytic")

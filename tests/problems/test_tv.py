@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -131,3 +132,50 @@ def test_analytic_of_orders_2_and_3_batched_kernel_and_layer(order):
     (y * torch.from_numpy(V)).sum().backward()
     np.testing.assert_allclose(s_t.grad.numpy(), G, atol=1e-12)
     np.testing.assert_allclose(lam_t.grad.numpy(), g_lam, atol=1e-12)
+
+
+# -- issue 17: no false alarms from the gap's rounding ------------------------------------
+@pytest.mark.parametrize("order", [2, 3])
+def test_tv1d_grid_search_has_no_false_alarms_and_matches_lsq_linear(order):
+    """A grid of lam over ordinary signals warned "residual 2.7e-13 > tol=1e-13 after 500
+    iterations" (the gap's difference of two ||s||^2-sized numbers, then its lam-sized
+    rounding near lam_max). Reference: the dual box QP ``min ||s - D^T u||^2, |u| <= lam``
+    by scipy's ``lsq_linear`` (an independent solver), ``y = s - D^T u``."""
+    import scipy.optimize
+
+    rng = np.random.default_rng(0)
+    n = 60
+    s = np.sin(np.linspace(0, 6, n)) * 5 + rng.standard_normal(n)
+    D = np.diff(np.eye(n), order, axis=0)
+    prob = bl.problems.TV1D(order=order)            # default tol 1e-13: warnings are errors
+    for lam in np.logspace(-2, 2, 6):
+        sol = prob.solve((s, np.asarray(lam)))
+        assert sol.converged
+        u = scipy.optimize.lsq_linear(D.T, s, bounds=(-lam, lam), tol=1e-15,
+                                      lsq_solver="exact", max_iter=10000).x
+        # 1e-7: lsq_linear's own tolerance on the dual (the primal is 1-Lipschitz in it)
+        assert np.allclose(sol.x, s - D.T @ u, atol=1e-7 * np.abs(s).max()), lam
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_tv1d_scaled_data_scales_the_solution(scale):
+    """``y*(c s, c lam) = c y*(s, lam)`` with the gap relative to ||s||^2 (was max(., 1))."""
+    s = np.cumsum(np.random.default_rng(1).standard_normal(80))
+    for order in (1, 2, 3):
+        prob = bl.problems.TV1D(order=order)
+        ref = prob.solve((s, np.asarray(2.0))).x
+        got = prob.solve((scale * s, np.asarray(scale * 2.0))).x / scale
+        assert np.allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_tv1d_names_the_conditioning_of_long_high_order_signals():
+    """Order 3 on 4500 samples: cond(D D^T) ~ (2n/pi)^6 = 5.5e20 breaks the banded Cholesky."""
+    s = np.random.default_rng(0).standard_normal(4500)
+    with pytest.raises(ValueError, match=r"condition number about \(2n/pi\)\^6 = 5.5e\+20.*"
+                                         "windows of at most 1570 samples"):
+        bl.problems.TV1D(order=3).solve((s, 1.0))
+    layer = bl.torch.Layer(bl.problems.TV1D(order=3), "analytic")
+    with pytest.raises(ValueError, match="condition number"):
+        layer(torch.from_numpy(np.stack([s, s])), torch.tensor(1.0))
+    # The recommended window solves (cond ~ 1e18 at 1570 samples).
+    assert bl.problems.TV1D(order=3).solve((s[:1570], 1.0)).converged

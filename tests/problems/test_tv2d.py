@@ -141,3 +141,26 @@ def test_early_stop_warns_and_flags(blocks, rng):
         warnings.simplefilter("ignore", bl.ConvergenceWarning)
         with pytest.warns(bl.ConvergenceWarning, match="did not converge"):
             bl.strategies.FixedPoint().vjp(prob, sol, np.ones((6, 6)))
+
+
+# -- issue 17 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1e-4, 1e-12, 1e12])
+def test_tv2d_scaled_data_scales_the_solution(scale):
+    """``u*(c f, c lam) = c u*(f, lam)``: it stopped after 0 iterations at c = 1e-4 (an
+    absolute residual floor of 1), 51% away."""
+    f = np.random.default_rng(0).standard_normal((8, 8))
+    prob = bl.problems.TV2D(tol=1e-10, max_iter=100000)
+    ref = prob.solve((f, np.asarray(0.3)))
+    sol = prob.solve((scale * f, np.asarray(scale * 0.3)))
+    assert sol.converged and sol.n_iter == ref.n_iter > 0
+    # 1e-9: the iterations are the same up to the rounding of the scaled data
+    assert np.allclose(sol.x / scale, ref.x, rtol=1e-9, atol=1e-9 * np.abs(ref.x).max())
+
+
+def test_tv2d_blur_wider_than_the_image_is_a_named_error():
+    """``blur_sigma=1e6`` ran for minutes; now it is refused, naming blur_sigma and a bound."""
+    with pytest.raises(ValueError, match="blur_sigma must be <="):
+        bl.problems.TV2D("blur", blur_sigma=1e6)
+    prob = bl.problems.TV2D("blur", blur_sigma=1e4)
+    with pytest.raises(ValueError, match="blur_sigma=1e\\+04 is too wide for a 8 x 8"):
+        prob.solve((np.ones((8, 8)), np.asarray(0.1)))

@@ -105,9 +105,11 @@ def test_default_unroll_on_the_main_job_agrees_with_implicit():
     # The README's main job: L2 logistic regression on breast cancer, d/dlog(lam). The
     # gradient step contracts at ~0.99 per step: the replay runs until the iterate and the
     # adjoint reaching the start are both within 1e-10 (thousands of steps).
-    from bilevel.cli import _build
+    from bilevel.datasets import load, split_standardize
 
-    problem, loss = _build("logistic", "breast_cancer")
+    X_train, y_train, X_val, y_val = split_standardize(*load("breast_cancer"))
+    problem = bl.problems.LogisticRegression(X_train, y_train)
+    loss = bl.losses.LogisticLoss(X_val, y_val)
     _, exact = bl.hypergradient(problem, loss, 1e-2, "implicit", log_scale=True)
     _, g, info = bl.hypergradient(problem, loss, 1e-2, "unroll", log_scale=True,
                                   return_info=True)
@@ -134,3 +136,16 @@ def test_the_adaptive_cap_and_fixed_budgets_warn_with_the_knob():
         bl.vjp(problem, 0.1, np.ones(5), bl.strategies.Unroll(n_steps=3))
     with pytest.raises(ValueError, match="n_steps"):
         bl.strategies.Unroll(start="solution")
+
+
+def test_a_diverging_step_size_is_named():
+    """eta = 5 > 2 / L on a quartic: the replay overflows; before, unroll returned NaN."""
+    def quartic(x, t):
+        return 0.5 * (x @ x) * t[0] - t[1] @ x + 0.1 * (x**4).sum()
+
+    prob = bl.problems.Smooth(quartic, np.zeros(3), step_size=5.0)
+    theta = (np.asarray(2.0), np.array([1.0, -1.0, 0.5]))
+    for strategy in (bl.strategies.Unroll(), bl.strategies.Unroll(n_steps=50)):
+        with pytest.raises(ValueError, match="not finite after .* steps.*lower the problem's "
+                                             "step_size"):
+            bl.vjp(prob, theta, np.ones(3), strategy)
