@@ -4,7 +4,7 @@ r"""bilevel: hypergradients of argmin layers by interchangeable strategies.
           \quad x^*(\theta) \in \arg\min_x E(x, \theta)
 """
 
-from bilevel import losses, problems, prox, strategies, testing, torch
+from bilevel import losses, parallel, problems, prox, strategies, testing, torch
 from bilevel._report import CompareReport
 from bilevel._types import (
     Batch,
@@ -31,6 +31,7 @@ from bilevel.api import (
     value_gradient,
     vjp,
 )
+from bilevel.parallel import InstanceSum, map_instances
 
 __all__ = [
     "Batch",
@@ -44,6 +45,7 @@ __all__ = [
     "Solution",
     "compare",
     "hypergradient",
+    "InstanceSum",
     "jacobian",
     "jvp",
     "KKTSystem",
@@ -51,8 +53,10 @@ __all__ = [
     "Manifold",
     "Mirror",
     "Dual",
+    "map_instances",
     "minimize",
     "Optimality",
+    "parallel",
     "problems",
     "prox",
     "StepMap",

@@ -1,4 +1,5 @@
 """Convergence of derivative sequences: iterative strategies against the exact derivative.
+=======================================================================================
 
 Strongly convex lower level (ridge regression, condition number kappa = L / mu):
 

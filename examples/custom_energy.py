@@ -1,4 +1,5 @@
 """Hypergradients of a user-defined energy: pseudo-Huber regression with per-feature weights.
+==========================================================================================
 
 Lower level (robust regression, one ridge weight per feature, theta = log weights):
 
@@ -14,11 +15,16 @@ differences, and ``bilevel.testing.check_vjp`` does the same on random direction
 Run: ``python examples/custom_energy.py``.
 """
 
+import argparse
+
 import numpy as np
 import torch
 
 import bilevel as bl
 from bilevel.testing import check_vjp
+
+# No options: --help describes the script instead of running it.
+argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
 
 torch.set_num_threads(1)  # tiny problem: one torch thread avoids contention with BLAS threads
 

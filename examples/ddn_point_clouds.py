@@ -1,4 +1,5 @@
 """Robust pooling in a point-cloud classifier: Deep Declarative Networks, Tables II and III.
+=========================================================================================
 
 Gould, Hartley, Campbell, "Deep Declarative Networks", IEEE TPAMI 2021, section 7: a
 PointNet whose global max pooling is replaced by robust pooling

@@ -1,4 +1,5 @@
 """Lp sphere and ball projections before the classifier: Deep Declarative Networks, Table IV.
+==========================================================================================
 
 Gould, Hartley, Campbell, "Deep Declarative Networks", IEEE TPAMI 2021, section 7: a
 ResNet-18 on ImageNet whose final fully-connected layer is preceded by a batch

@@ -1,4 +1,7 @@
-"""Reproduce the 1-D experiments of "Differentiable programming for piecewise polynomial
+"""Piecewise polynomial layers: generators and a denoising autoencoder.
+====================================================================
+
+Reproduce the 1-D experiments of "Differentiable programming for piecewise polynomial
 functions" (anonymous authors, paper under double-blind review): data-free generator
 training (Figures 1-3) and the denoising autoencoder with a piecewise regularizer (Figures
 4 and 6).

@@ -1,4 +1,7 @@
-"""Segmentation with a connected-component layer: the toy version of Table 1 of
+"""Segmentation with a connected-component layer.
+==============================================
+
+The toy version of Table 1 of
 "Differentiable programming for piecewise polynomial functions" (anonymous authors, paper
 under double-blind review; section 5 and appendix B.3).
 

@@ -1,7 +1,8 @@
 """Select the Lasso penalty on diabetes with cubic features: hypergradients against a grid.
+========================================================================================
 
 Lower level (training half, 221 x 285: the 10 diabetes features and their products up to
-degree 3, standardized with training statistics, y centered):
+degree 3, standardized with training statistics, y centered)::
 
     x*(lam) = argmin_x  ||X x - y||^2 / (2n) + sum_j lam_j |x_j|
 

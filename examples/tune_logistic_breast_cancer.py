@@ -1,4 +1,5 @@
 """Tune the L2 penalty of logistic regression on breast cancer by hypergradient descent.
+=====================================================================================
 
 Lower level (training half, 285 x 30, standardized, labels in {-1, +1}):
 
@@ -16,6 +17,7 @@ Upper level: the logistic loss of x*(lam) on the validation half. The script
 Run: ``python examples/tune_logistic_breast_cancer.py`` (needs scikit-learn for the data).
 """
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ import torch
 
 import bilevel as bl
 from bilevel.datasets import load, split_standardize
+
+# No options: --help describes the script instead of running it.
+argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
 
 torch.set_num_threads(1)  # small problem: one torch thread avoids contention with BLAS threads
 

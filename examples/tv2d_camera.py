@@ -1,6 +1,7 @@
 """Learn the weight of 2-D TV denoising (or deblurring) on scikit-image's camera image.
+====================================================================================
 
-Lower level (``bl.problems.TV2D``), for the noisy image f:
+Lower level (``bl.problems.TV2D``), for the noisy image f::
 
     u*(f, lam) = argmin_u  1/2 ||A u - f||^2 + lam sum_ij |(grad u)_ij|_2
 
@@ -135,4 +136,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    if status:      # exit only on failure: the docs gallery runs this file in-process
+        raise SystemExit(status)

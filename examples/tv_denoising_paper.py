@@ -1,4 +1,5 @@
 """Reproduce the 1-D total-variation denoising experiments of Chaudhuri and Maddu (2021).
+======================================================================================
 
 K. Dasgupta Chaudhuri, S. Maddu, "Differentiable optimisation layers", 2021, section 3.1.
 Lower level, for a noisy signal s of length 100 (``bl.problems.TV1D(order, norm)``):
@@ -220,6 +221,9 @@ for kind in ("cosine", "piecewise"):
         selected[kind, norm, order] = {"lam": lam, "train": sel_mse, "time": sel_time,
                                        "test": float(np.mean((y_test - C[test]) ** 2)),
                                        "path": path, "warnings": str(caught_sel)}
+        # Progress: the tables below need every configuration.
+        print(f"  {kind:9s} {norm} k={order}: grid {grid_time:.1f} s, L-BFGS lam = {lam:.4g} "
+              f"in {sel_time:.1f} s", flush=True)
 
 
 def seconds(x):

@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
                    re.S | re.M)
-EXTRAS = {".[plot]": "matplotlib"}
+EXTRAS = {".[plot]": "matplotlib", ".[distributed]": "distributed"}
 TIME_UNITS = {"ns", "us", "ms", "s"}
 MEMORY_UNITS = {"B", "KiB", "MiB", "GiB"}
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
