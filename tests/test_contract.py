@@ -32,7 +32,7 @@ def test_registry_covers_every_class():
                               "constrained", "equality_constrained_ls", "qp", "nnls",
                               "simplex_ls", "segmentation", "matrix_game", "lad",
                               "linear_program", "robust_pooling", "projection",
-                              "entropic_simplex", "composite"}
+                              "entropic_simplex", "composite", "image_prior"}
     assert set(STRATEGIES) == {"analytic", "implicit", "fixed_point", "unroll",
                                "partial_smoothness", "finite_difference",
                                "straight_through", "bregman"}

@@ -7,6 +7,7 @@ Each problem declares what it offers strategies as typed :class:`Capabilities`
 from bilevel.problems.base import Capabilities, Problem
 from bilevel.problems.composite import Composite
 from bilevel.problems.custom import Constrained, Smooth
+from bilevel.problems.image_prior import ImagePrior
 from bilevel.problems.kkt import KKT
 from bilevel.problems.lad import LeastAbsoluteDeviation, LinearProgram
 from bilevel.problems.logistic import LogisticRegression
@@ -27,7 +28,7 @@ from bilevel.problems.tv2d import TV2D
 
 __all__ = [
     "KKT", "NNLS", "QP", "TV1D", "TV2D", "Capabilities", "Composite", "ConnectedComponents",
-    "Constrained", "ElasticNet", "EntropicSimplex", "EqualityConstrainedLS", "Lasso",
+    "Constrained", "ElasticNet", "EntropicSimplex", "EqualityConstrainedLS", "ImagePrior", "Lasso",
     "LeastAbsoluteDeviation", "LinearProgram", "LogisticRegression", "MatrixGame",
     "MultiLabelSegmentation", "PiecewisePolynomial", "Problem", "Projection", "Ridge",
     "RobustPooling", "SimplexLeastSquares", "Smooth", "moment_matrix",
