@@ -26,9 +26,11 @@ class CompareReport:
     reference_grad : list
         Reference hypergradient, one nested list per theta part.
     solve_time : float
-        Seconds of the shared lower-level solve.
+        Seconds of the shared lower-level solve (``solve_label`` says what was timed).
     log_scale : bool
         Whether gradients are with respect to ``log(theta)``.
+    solve_label : str
+        What ``solve_time`` timed (for an InstanceSum: the reference over all instances).
     rows : list of dict
         Per strategy: ``strategy``, ``label`` (name and non-default knobs), ``params``,
         and either ``skipped`` (the reason) with
@@ -45,6 +47,7 @@ class CompareReport:
     solve_time: float
     log_scale: bool
     rows: list = field(default_factory=list)
+    solve_label: str = "lower-level solve"
 
     def to_dict(self):
         """Plain dict (JSON-serializable)."""
@@ -74,7 +77,7 @@ class CompareReport:
     def _title(self):
         wrt = "log(theta)" if self.log_scale else "theta"
         return (f"{self.problem}: upper loss {self.loss:.6g}, hypergradient w.r.t. {wrt}; "
-                f"reference {self.reference}; lower-level solve {_format_time(self.solve_time)}")
+                f"reference {self.reference}; {self.solve_label} {_format_time(self.solve_time)}")
 
     def __str__(self):
         cells = self._cells()
@@ -148,6 +151,8 @@ def _format_time(seconds):
 
 
 def _format_bytes(n):
+    if n is None:           # not measured (work run by an executor elsewhere)
+        return ""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

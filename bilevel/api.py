@@ -332,14 +332,18 @@ def _resolve_list(strategies, problem, registry):
 
 
 def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5,
-            budgets=None, log_scale=False):
+            budgets=None, log_scale=False, executor=None):
     """Run several strategies on one instance against a reference hypergradient.
 
     Parameters
     ----------
     problem, loss, theta
         As for :func:`hypergradient`. With the loss :class:`bilevel.losses.OptimalValue`
-        the rows are value strategies (:func:`value_gradient`).
+        the rows are value strategies (:func:`value_gradient`). An
+        :class:`~bilevel.InstanceSum` (``loss`` None) compares the strategies on the sum
+        over its instances, each strategy's per-instance solves and VJPs mapped over
+        ``executor``; a strategy must apply to every instance. Its rows report no peak
+        memory (the work runs where the executor puts it), and ``budgets`` is refused.
     strategies : list of Strategy or str, optional
         Default: every registered strategy (of the loss's kind); inapplicable ones are
         reported as skipped.
@@ -353,6 +357,8 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         (iterations, steps, terms), for :meth:`CompareReport.plot`.
     log_scale : bool
         Report gradients with respect to ``log(theta)``.
+    executor : concurrent.futures.Executor, distributed.Client or None
+        For an InstanceSum: where its instances run (see :mod:`bilevel.parallel`).
 
     Returns
     -------
@@ -360,6 +366,12 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         One row per strategy: hypergradient, relative error, median time, peak memory,
         iterations, residual, or the reason it was skipped or failed.
     """
+    if isinstance(problem, InstanceSum):
+        return _compare_instances(problem, loss, theta, strategies, reference, repeat,
+                                  budgets, log_scale, executor)
+    if executor is not None:
+        raise ValueError("executor applies to an InstanceSum problem (many instances); "
+                         "pass executor=None for a single problem")
     check_problem(problem)
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -430,6 +442,67 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=float(np.median(solve_times)),
                          log_scale=log_scale, rows=rows)
+
+
+def _compare_instances(total, loss, theta, strategies, reference, repeat, budgets,
+                       log_scale, executor):
+    """:func:`compare` on an :class:`~bilevel.InstanceSum`, through ``executor``."""
+    if loss is not None:
+        raise ValueError("with an InstanceSum, loss must be None: each instance carries its "
+                         "own loss")
+    if budgets is not None:
+        raise ValueError("budgets traces one instance: compare one of the InstanceSum's "
+                         "instances with budgets, or drop budgets")
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    problems = [p for p, _ in total.instances]
+    for p in problems:
+        check_problem(p)
+
+    def applies(strat):
+        for p in problems:
+            check_applicable(strat, p)
+
+    if reference == "auto":
+        reference = ("analytic" if all("analytic_vjp" in p.capabilities for p in problems)
+                     else FiniteDifference(order=4))
+    ref_strategy = get_strategy(reference, problems[0], STRATEGIES)
+    applies(ref_strategy)
+    start = time.perf_counter()
+    value, ref_grad = hypergradient(total, None, theta, ref_strategy, log_scale=log_scale,
+                                    executor=executor)
+    ref_time = time.perf_counter() - start
+    ref_flat = np.concatenate([np.ravel(g) for g in as_tuple(ref_grad)])
+    rows = []
+    for strat in _resolve_list(strategies, problems[0], STRATEGIES):
+        row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
+        try:
+            applies(strat)
+        except NotApplicable as exc:
+            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
+            continue
+        times = []
+        try:
+            for _ in range(repeat):
+                start = time.perf_counter()
+                _, g, info = hypergradient(total, None, theta, strat, log_scale=log_scale,
+                                           return_info=True, executor=executor)
+                times.append(time.perf_counter() - start)
+        except SingularSystemError as exc:
+            rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
+            continue
+        flat = np.concatenate([np.ravel(p) for p in as_tuple(g)])
+        row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)],
+                   error=float(np.linalg.norm(flat - ref_flat)
+                               / max(np.linalg.norm(ref_flat), 1e-300)),
+                   time=float(np.median(times)), peak_bytes=None,
+                   iterations=info["n_iter"], residual=None)
+        rows.append(row)
+    return CompareReport(problem=f"{len(problems)} instances of {problems[0].name}",
+                         loss=float(value), reference=_label(ref_strategy),
+                         reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
+                         solve_time=ref_time, log_scale=log_scale, rows=rows,
+                         solve_label="reference, all instances")
 
 
 def _label(strat):

@@ -1,6 +1,7 @@
 """Learn a filter-based image prior by bilevel optimization, and compare it with learned TV.
+=========================================================================================
 
-Lower level (``bl.problems.ImagePrior``), for noisy training patches f:
+Lower level (``bl.problems.ImagePrior``), for noisy training patches f::
 
     u*(theta) = argmin_u 1/2||u - f||^2 + sum_k nu_k sum_ij log(1 + (K_k u)_ij^2),
     K_k = sum_l coeffs[k, l] B_l   (B_l: zero-mean DCT-II atoms),

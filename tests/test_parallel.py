@@ -128,3 +128,27 @@ def test_minimize_over_instances_on_dask_is_bitwise_serial(client):
     assert serial.history["loss"] == remote.history["loss"]
     assert serial.loss == remote.loss and float(serial.theta) == float(remote.theta)
     assert serial.loss < serial.history["loss"][0]
+
+
+def test_compare_over_instances_on_dask_matches_the_serial_rows(client):
+    total = bl.InstanceSum(cv_folds(n_folds=3))
+    strategies = ["partial_smoothness", "fixed_point", "implicit"]
+    serial = bl.compare(total, None, LAM, strategies, repeat=1)
+    remote = bl.compare(total, None, LAM, strategies, repeat=1, executor=client)
+    # The reference is the mean of each fold's fourth-order finite differences; the rows
+    # are the summed hypergradients, bitwise the serial ones wherever they ran.
+    fd = bl.hypergradient(total, None, LAM, bl.strategies.FiniteDifference(order=4))[1]
+    assert remote.reference_grad == serial.reference_grad == [float(fd)]
+    for a, b in zip(serial.rows, remote.rows):
+        assert a["strategy"] == b["strategy"]
+        if "skipped" in a:      # implicit: the Lasso has no smooth optimality residual
+            assert "skipped" in b and a["missing"] == b["missing"]
+            continue
+        assert a["grad"] == b["grad"] and a["iterations"] == b["iterations"]
+        assert b["error"] < 1e-7      # O(h^4) differences and solver noise on this support
+    assert [r["strategy"] for r in serial.rows if "skipped" in r] == ["implicit"]
+    assert "3 instances of lasso" in str(remote) and "skipped: needs" in str(remote)
+    with pytest.raises(ValueError, match="budgets"):
+        bl.compare(total, None, LAM, strategies, budgets=[1, 2])
+    with pytest.raises(ValueError, match="executor applies to an InstanceSum"):
+        bl.compare(*cv_folds(n_folds=2)[0], LAM, executor=client)
