@@ -1,10 +1,11 @@
-"""The process's thread pools (BLAS, OpenMP), through one threadpoolctl controller."""
+"""The process's thread pools: BLAS and OpenMP (one threadpoolctl controller), torch's."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
-__all__ = ["controller", "serial_blas"]
+__all__ = ["controller", "serial_blas", "torch_threads"]
 
 
 @functools.cache
@@ -22,3 +23,18 @@ def serial_blas():
     took 39 ms with 2 threads on a busy 2-core machine, 0.7 ms with one.
     """
     return controller().limit(limits=1, user_api="blas")
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run torch on ``n`` intra-op threads, restoring the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != previous:
+            torch.set_num_threads(previous)

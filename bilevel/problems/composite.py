@@ -31,7 +31,7 @@ from bilevel._autograd import pullback, scalar_tensor
 from bilevel._registry import register_problem
 from bilevel._types import Manifold, Mirror, StepMap, as_tuple, like_structure
 from bilevel.problems.base import Capabilities, Problem, check_array
-from bilevel.problems.custom import _check_theta_ndim, _check_theta_parts, _user_call
+from bilevel.problems.custom import _check_knobs, _check_theta_ndim, _check_theta_parts, _user_call
 from bilevel.problems.kkt import KKT
 from bilevel.problems.manifold import restricted_solver
 
@@ -159,11 +159,7 @@ class Composite(Problem):
         self._smooth, self.terms = smooth, terms
         self._prox_order = _order(terms)
         self.x0 = check_array(x0, "x0")
-        if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be finite and > 0, got {step_size}")
-        if not (tol > 0 and max_iter >= 1):
-            raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-        self.step_size, self.tol, self.max_iter = step_size, float(tol), int(max_iter)
+        self.step_size, self.tol, self.max_iter = _check_knobs(step_size, tol, max_iter)
         self._batch = _check_theta_ndim(theta_ndim)
 
     def __repr__(self):

@@ -104,6 +104,15 @@ def _user_call(fn, name, x, theta):
                          f"shapes {name} expects") from exc
 
 
+def _check_knobs(step_size, tol, max_iter):
+    """Return ``(step_size, tol, max_iter)`` validated: None or > 0, > 0, >= 1."""
+    if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be finite and > 0, got {step_size}")
+    if not (tol > 0 and max_iter >= 1):
+        raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+    return step_size, float(tol), int(max_iter)
+
+
 def _check_theta_ndim(theta_ndim):
     """Return a user's instance dimensions, or None; a :class:`~bilevel.Batch` for the layer."""
     if theta_ndim is None:
@@ -164,11 +173,7 @@ class Smooth(Problem):
             raise TypeError(f"energy must be callable energy(x, theta), got {energy!r}")
         self._energy = energy
         self.x0 = check_array(x0, "x0")
-        if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be finite and > 0, got {step_size}")
-        if not (tol > 0 and max_iter >= 1):
-            raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-        self.step_size, self.tol, self.max_iter = step_size, float(tol), int(max_iter)
+        self.step_size, self.tol, self.max_iter = _check_knobs(step_size, tol, max_iter)
         self._batch = _check_theta_ndim(theta_ndim)
 
     def __repr__(self):

@@ -33,7 +33,6 @@ A. Chambolle, T. Pock, J. Math. Imaging Vis. 2011; L. Condat, JOTA 2013 (primal-
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from bilevel._registry import register_problem
+from bilevel._threads import torch_threads
 from bilevel._types import Optimality, StepMap
 from bilevel.problems.base import Capabilities, Problem, check_array
 
@@ -91,25 +91,12 @@ _L1_WHY_NOT = {
 }
 
 
-@contextlib.contextmanager
-def _threads(n):
-    """Run torch on ``n`` intra-op threads, restoring the previous count."""
-    previous = torch.get_num_threads()
-    if n != previous:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != previous:
-            torch.set_num_threads(previous)
-
-
 def _serial_if_small(method):
     """Run a method on one torch thread when the instance is small (CPU only)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         if self._serial:
-            with _threads(1):
+            with torch_threads(1):
                 return method(self, *args, **kwargs)
         return method(self, *args, **kwargs)
     return wrapper

@@ -32,7 +32,6 @@ algorithm", Math. Program. 2016.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -42,6 +41,7 @@ import torch
 
 from bilevel._autograd import pullback
 from bilevel._registry import check_applicable, register_strategy
+from bilevel._threads import torch_threads
 from bilevel._types import ConvergenceWarning, like_structure
 from bilevel.strategies.base import Strategy, theta_tensors
 
@@ -92,19 +92,6 @@ def _radial(x, ratio):
 # States smaller than this replay on one torch thread: a thread team costs more than the
 # small operations it shares (10x slower on two busy cores).
 _SERIAL_MAX = 100_000
-
-
-@contextlib.contextmanager
-def _threads(n):
-    """Run torch on ``n`` intra-op threads, restoring the previous count."""
-    previous = torch.get_num_threads()
-    if n != previous:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != previous:
-            torch.set_num_threads(previous)
 
 
 def _normalize(w, kind):
@@ -197,7 +184,7 @@ class BregmanUnroll(Strategy):
                 ConvergenceWarning, stacklevel=3)
         parts, theta = theta_tensors(solution.theta, requires_grad=True)
         size = sum(np.size(s) for s in mirror.start)
-        with _threads(1 if size < _SERIAL_MAX else torch.get_num_threads()), \
+        with torch_threads(1 if size < _SERIAL_MAX else torch.get_num_threads()), \
                 torch.enable_grad():
             final = self.replay(mirror, theta, n_iter, tau, sigma)
             x = mirror.output(final) if mirror.output is not None else final[0]
