@@ -404,26 +404,15 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
     ref_flat = np.concatenate([np.ravel(g) for g in as_tuple(ref_grad)])
 
     def error(g):
-        flat = np.concatenate([np.ravel(p) for p in as_tuple(g)])
-        return float(np.linalg.norm(flat - ref_flat) / max(np.linalg.norm(ref_flat), 1e-300))
+        return _relative_error(g, ref_flat)
 
     rows = []
     for strat in _resolve_list(strategies, problem, registry):
-        row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
-        try:
-            check_applicable(strat, problem)
-        except NotApplicable as exc:
-            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
+        row, out = _timed_row(strat, lambda s: check_applicable(s, problem), full, repeat)
+        rows.append(row)
+        if out is None:
             continue
-        times = []
-        try:
-            for _ in range(repeat):
-                start = time.perf_counter()
-                g, info = full(strat)
-                times.append(time.perf_counter() - start)
-        except SingularSystemError as exc:
-            rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
-            continue
+        g, info = out
         try:
             with measure_memory() as mem:
                 full(strat)
@@ -431,13 +420,12 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
             with measure_memory(track_graph=False) as mem:
                 full(strat)
         row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)], error=error(g),
-                   time=float(np.median(times)), peak_bytes=mem.peak,
-                   iterations=info.get("iterations"), residual=info.get("residual"))
+                   peak_bytes=mem.peak, iterations=info.get("iterations"),
+                   residual=info.get("residual"))
         if budgets is not None and strat.iterative:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)   # small budgets, by design
                 row["trace"] = [(int(b), error(full(strat.with_budget(b))[0])) for b in budgets]
-        rows.append(row)
     return CompareReport(problem=problem.name, loss=float(value), reference=_label(ref_strategy),
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=float(np.median(solve_times)),
@@ -473,36 +461,53 @@ def _compare_instances(total, loss, theta, strategies, reference, repeat, budget
                                     executor=executor)
     ref_time = time.perf_counter() - start
     ref_flat = np.concatenate([np.ravel(g) for g in as_tuple(ref_grad)])
+    def run(strat):
+        return hypergradient(total, None, theta, strat, log_scale=log_scale, return_info=True,
+                             executor=executor)[1:]
+
     rows = []
     for strat in _resolve_list(strategies, problems[0], STRATEGIES):
-        row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
-        try:
-            applies(strat)
-        except NotApplicable as exc:
-            rows.append({**row, "skipped": str(exc), "missing": list(exc.missing)})
-            continue
-        times = []
-        try:
-            for _ in range(repeat):
-                start = time.perf_counter()
-                _, g, info = hypergradient(total, None, theta, strat, log_scale=log_scale,
-                                           return_info=True, executor=executor)
-                times.append(time.perf_counter() - start)
-        except SingularSystemError as exc:
-            rows.append({**row, "failed": f"{type(exc).__name__}: {exc}"})
-            continue
-        flat = np.concatenate([np.ravel(p) for p in as_tuple(g)])
-        row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)],
-                   error=float(np.linalg.norm(flat - ref_flat)
-                               / max(np.linalg.norm(ref_flat), 1e-300)),
-                   time=float(np.median(times)), peak_bytes=None,
-                   iterations=info["n_iter"], residual=None)
+        row, out = _timed_row(strat, applies, run, repeat)
         rows.append(row)
+        if out is not None:
+            g, info = out
+            row.update(grad=[np.asarray(p).tolist() for p in as_tuple(g)],
+                       error=_relative_error(g, ref_flat), peak_bytes=None,
+                       iterations=info["n_iter"], residual=None)
     return CompareReport(problem=f"{len(problems)} instances of {problems[0].name}",
                          loss=float(value), reference=_label(ref_strategy),
                          reference_grad=[np.asarray(p).tolist() for p in as_tuple(ref_grad)],
                          solve_time=ref_time, log_scale=log_scale, rows=rows,
                          solve_label="reference, all instances")
+
+
+def _timed_row(strat, applies, run, repeat):
+    """Start a compare row: ``(row, (grad, info))`` timed over ``repeat`` runs of ``run``.
+
+    A strategy that ``applies`` refuses gives a ``skipped`` row, one that meets a singular
+    system a ``failed`` row; both come with None in place of the result.
+    """
+    row = {"strategy": strat.name, "label": _label(strat), "params": asdict(strat)}
+    try:
+        applies(strat)
+    except NotApplicable as exc:
+        return {**row, "skipped": str(exc), "missing": list(exc.missing)}, None
+    times = []
+    try:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            out = run(strat)
+            times.append(time.perf_counter() - start)
+    except SingularSystemError as exc:
+        return {**row, "failed": f"{type(exc).__name__}: {exc}"}, None
+    row["time"] = float(np.median(times))
+    return row, out
+
+
+def _relative_error(g, ref_flat):
+    """``||g - ref|| / ||ref||`` over every part of a gradient."""
+    flat = np.concatenate([np.ravel(p) for p in as_tuple(g)])
+    return float(np.linalg.norm(flat - ref_flat) / max(np.linalg.norm(ref_flat), 1e-300))
 
 
 def _label(strat):
