@@ -297,6 +297,14 @@ def solve_batch(problem, parts, strategy=None):
     check_problem(problem)
     strat = get_strategy(strategy, problem)
     check_applicable(strat, problem)
+    return solve_batch_checked(problem, parts, strat)
+
+
+def solve_batch_checked(problem, parts, strat):
+    """:func:`solve_batch` for a strategy object already checked to apply to ``problem``.
+
+    What a layer calls on every forward pass, having checked its problem and strategy once.
+    """
     parts = tuple(np.ascontiguousarray(p, dtype=np.float64) for p in parts)
     size = problem.check_batch(parts)      # one validation path, single and batched
     if strat.batch_kernel(problem) is not None:
@@ -315,7 +323,11 @@ def vjp_batch(problem, batch, V, strategy=None):
     by ``strategy.vjp_batch`` (its batched kernel, or each row with every knob).
     """
     check_problem(problem)
-    strat = get_strategy(strategy, problem)
+    return vjp_batch_checked(problem, batch, V, get_strategy(strategy, problem))
+
+
+def vjp_batch_checked(problem, batch, V, strat):
+    """:func:`vjp_batch` for a strategy object already checked to apply to ``problem``."""
     V = np.ascontiguousarray(V, dtype=np.float64)
     if V.shape != batch.x.shape:
         raise ValueError(f"V must have the batch's solution shape {batch.x.shape}, "

@@ -1,11 +1,13 @@
-"""The ``bilevel`` command: compare strategies, run an outer loop, list what applies."""
+"""The ``bilevel`` command: compare, minimize, list what applies, warm up the kernel cache."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -258,6 +260,28 @@ def _list(args):
     return 0
 
 
+def _warmup(args):
+    from bilevel.solvers import FAMILIES, warmup
+
+    if args.list:
+        width = max(map(len, FAMILIES)) + 2
+        for name, (_, served) in FAMILIES.items():
+            print(f"{name.ljust(width)}{served}")
+        return 0
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        raise UsageError(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(unknown)}; choose among {', '.join(FAMILIES)} "
+                         "(bilevel warmup --list)")
+    start = time.perf_counter()
+    seconds = warmup(args.families or None, jobs=args.jobs, progress=not args.quiet)
+    for name, s in seconds.items():
+        print(f"{name:<12} {s:7.1f} s")
+    print(f"{'total':<12} {time.perf_counter() - start:7.1f} s wall, {args.jobs} job(s); "
+          "later processes load these kernels from numba's disk cache")
+    return 0
+
+
 def _version():
     try:
         from importlib.metadata import version
@@ -316,6 +340,17 @@ def _parser():
                    help="BLAS, torch and numba threads (default: as set by the environment)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_minimize)
+
+    p = sub.add_parser("warmup", formatter_class=_Formatter,
+                       help="compile the numba kernels ahead of time (once per machine)")
+    p.add_argument("families", nargs="*", metavar="FAMILY",
+                   help="problem families to compile (default: all; see --list)")
+    p.add_argument("--jobs", type=_positive(int), default=os.cpu_count() or 1,
+                   help="families compiled at once, one process each (default: the number "
+                   "of CPUs)")
+    p.add_argument("--list", action="store_true", help="list the families and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_warmup)
 
     p = sub.add_parser("list", formatter_class=_Formatter,
                        help="the problem x strategy applicability matrix")

@@ -1,4 +1,4 @@
-"""The bilevel command: compare, minimize, list, and --plot without matplotlib."""
+"""The bilevel command: compare, minimize, list, warmup, and --plot without matplotlib."""
 
 import numpy as np
 import pytest
@@ -107,6 +107,8 @@ BAD_USAGE = [
     (["compare", "--problem", "tv1d", "--theta", "1"], "MODULE:FACTORY"),
     (["compare", "--format", "yaml"], "--format: invalid choice"),
     (["frobnicate"], "invalid choice"),
+    (["warmup", "lasso"], "unknown family lasso; choose among sparse"),
+    (["warmup", "--jobs", "0"], "--jobs: must be a positive int"),
 ]
 
 
@@ -228,3 +230,14 @@ def test_a_skipped_row_never_shows_an_empty_reason(capsys, monkeypatch):
     assert main(["compare", "--problem", "ridge", "--repeat", "1"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("value_f"))
     assert "skipped: needs a dual certificate" in line
+
+
+def test_warmup_compiles_the_named_families_and_lists_them(capsys):
+    from bilevel.solvers import FAMILIES
+
+    assert main(["warmup", "ridge", "logistic", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ridge", "logistic", "total"]
+    assert main(["warmup", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(FAMILIES)

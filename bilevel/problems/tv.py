@@ -171,11 +171,14 @@ class TV1D(Problem):
 
     def check_batch(self, parts):
         """:meth:`Problem.check_batch`, vectorized: ``S`` (B, n) and ``lam`` (B,)."""
-        if len(parts) != 2 or np.ndim(parts[0]) != 2 or np.shape(parts[1]) != parts[0].shape[:1]:
-            return super().check_batch(parts)
+        if (len(parts) != 2 or np.ndim(parts[0]) != 2 or np.shape(parts[1]) != parts[0].shape[:1]
+                or parts[0].shape[1] <= self.order):
+            return super().check_batch(parts)       # the row-by-row errors
         S, lam = parts
+        if np.isfinite(S).all() and np.isfinite(lam).all() and (lam >= 0).all():
+            return S.shape[0]                       # every row passes check_theta
         bad = ~np.isfinite(S).all(axis=1) | ~np.isfinite(lam) | (lam < 0)
-        self._check_rows(parts, [0, *np.flatnonzero(bad)[:1]])   # raises on the bad row
+        self._check_rows(parts, np.flatnonzero(bad)[:1])   # raises, naming the first bad row
         return S.shape[0]
 
     def init(self, parts):

@@ -28,6 +28,8 @@ __all__ = ["KERNELS", "bregman_pd_game", "bregman_pd_tv1d", "bregman_pd_tv2d",
            "mirror_primal", "natural_residual", "projection_simplex", "warmup"]
 
 EUCLIDEAN, ENTROPY, SIMPLEX, BOX, BALL = 0, 1, 2, 3, 4
+# Kernels pass a mirror code as ``np.int64(CODE)``: a global constant is typed as a literal
+# and would compile the mirror maps a second time, beside the int64 version Python calls use.
 KIND_CODES = {"euclidean": EUCLIDEAN, "entropy": ENTROPY, "simplex": SIMPLEX, "box": BOX,
               "ball": BALL}
 
@@ -197,18 +199,19 @@ def bregman_segmentation(C, mu, alpha, X0, tau, n_steps, tol):
     label vector ``X_p`` on the simplex; ``C``, ``X0`` of shape (h, w, k). Iterates
     ``log X+ = log X - tau grad E(X)`` (normalized per pixel). Returns ``(X, n_iter, residual)``.
     """
+    simplex = np.int64(SIMPLEX)
     h, w, k = X0.shape
-    W = mirror_dual(X0.reshape(h * w, k), SIMPLEX)
-    X = mirror_primal(W, SIMPLEX).reshape(h, w, k)
+    W = mirror_dual(X0.reshape(h * w, k), simplex)
+    X = mirror_primal(W, simplex).reshape(h, w, k)
     residual = np.inf
     n_iter = 0
     while True:
         G = _segmentation_gradient(C, mu, alpha, X)
-        residual = natural_residual(X.reshape(h * w, k), G.reshape(h * w, k), SIMPLEX)
+        residual = natural_residual(X.reshape(h * w, k), G.reshape(h * w, k), simplex)
         if residual <= tol or n_iter >= n_steps:
             break
         W = W - tau * G.reshape(h * w, k)
-        X = mirror_primal(W, SIMPLEX).reshape(h, w, k)
+        X = mirror_primal(W, simplex).reshape(h, w, k)
         n_iter += 1
     return X, n_iter, residual
 
@@ -250,24 +253,25 @@ def bregman_pd_game(A, x0, y0, tau, sigma, n_steps, tol):
     Residual: the larger natural residual ``||x - P(x - A y)||_inf``,
     ``||y - P(y + A^T x)||_inf``. Returns ``(x, y, n_iter, residual)``.
     """
+    simplex = np.int64(SIMPLEX)
     m, n = A.shape
-    wx = mirror_dual(x0.reshape(1, m), SIMPLEX)
-    wy = mirror_dual(y0.reshape(1, n), SIMPLEX)
-    x = mirror_primal(wx, SIMPLEX).ravel()
-    y = mirror_primal(wy, SIMPLEX).ravel()
+    wx = mirror_dual(x0.reshape(1, m), simplex)
+    wy = mirror_dual(y0.reshape(1, n), simplex)
+    x = mirror_primal(wx, simplex).ravel()
+    y = mirror_primal(wy, simplex).ravel()
     residual = np.inf
     n_iter = 0
     while True:
         gx = A @ y
         gy = -(A.T @ x)
-        residual = max(natural_residual(x.reshape(1, m), gx.reshape(1, m), SIMPLEX),
-                       natural_residual(y.reshape(1, n), gy.reshape(1, n), SIMPLEX))
+        residual = max(natural_residual(x.reshape(1, m), gx.reshape(1, m), simplex),
+                       natural_residual(y.reshape(1, n), gy.reshape(1, n), simplex))
         if residual <= tol or n_iter >= n_steps:
             break
         wx = wx - tau * gx.reshape(1, m)
-        x_new = mirror_primal(wx, SIMPLEX).ravel()
+        x_new = mirror_primal(wx, simplex).ravel()
         wy = wy + sigma * (A.T @ (2.0 * x_new - x)).reshape(1, n)
-        y = mirror_primal(wy, SIMPLEX).ravel()
+        y = mirror_primal(wy, simplex).ravel()
         x = x_new
         n_iter += 1
     return x, y, n_iter, residual
@@ -306,10 +310,11 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
     Residual: the larger of ``||A^T(Au - f) - lam div z||_inf`` and
     ``||z - P_ball(z + grad u)||_inf``. Returns ``(u, z, n_iter, residual)``.
     """
+    ball = np.int64(BALL)
     H, W = f.shape
     u = u0.copy()
-    v = mirror_dual(z0.reshape(H * W, 2), BALL)
-    z = mirror_primal(v, BALL).reshape(H, W, 2)
+    v = mirror_dual(z0.reshape(H * W, 2), ball)
+    z = mirror_primal(v, ball).reshape(H, W, 2)
     p = np.empty((2, H, W))
     residual = np.inf
     n_iter = 0
@@ -335,7 +340,7 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
             for j in range(W):
                 v[i * W + j, 0] += sigma * lam * g[0, i, j]
                 v[i * W + j, 1] += sigma * lam * g[1, i, j]
-        z = mirror_primal(v, BALL).reshape(H, W, 2)
+        z = mirror_primal(v, ball).reshape(H, W, 2)
         u = u_new
         n_iter += 1
     return u, z, n_iter, residual

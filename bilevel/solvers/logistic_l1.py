@@ -190,7 +190,7 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
         inner_tol = max(min(1e-1 * gap / _LOG2, 1e-2), 1e-8)
         u = enet_cd(Xt_w, data_w, indices, indptr, sparse,
                     col_sq_norms(Xt_w, data_w, indices, indptr, sparse, p), target, lam,
-                    no_ridge, w, inner_tol, 100_000)[0]
+                    no_ridge, w, inner_tol, np.int64(100_000))[0]
         d = u - w
         Xd = matvec(Xt, data, indices, indptr, sparse, d, n)
         # Backtracking on the energy along d.

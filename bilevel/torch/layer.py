@@ -153,7 +153,7 @@ def _solve(layer, theta):
     ndims = layer.theta_ndim if layer.theta_ndim is not None else tuple(t.ndim for t in theta)
     batch, size, parts, bshapes = _batch_layout(theta, ndims)
     with _torch_threads_kept():
-        solutions = api.solve_batch(layer.problem, parts, layer.strategy)
+        solutions = api.solve_batch_checked(layer.problem, parts, layer.strategy)
     Y = solutions.x
     out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
     ref = next((t for t in theta if t.is_floating_point()), theta[0])
@@ -176,7 +176,8 @@ class _Argmin(torch.autograd.Function):
         Y = ctx.solutions.x
         V = np.ascontiguousarray(_host_float64(grad_out).reshape(Y.shape))
         with _torch_threads_kept():
-            grads, _ = api.vjp_batch(layer.problem, ctx.solutions, V, layer.strategy)
+            grads, _ = api.vjp_batch_checked(layer.problem, ctx.solutions, V,
+                                               layer.strategy)
         out = [None]
         for k, g in enumerate(grads):
             if not ctx.needs_input_grad[k + 1]:

@@ -49,3 +49,35 @@ def test_import_does_not_import_heavy_optional_modules():
                      if m in sys.modules))
     """)
     assert eval(out.strip()) == []
+
+
+def test_families_partition_the_solver_modules():
+    from bilevel import solvers
+
+    modules = [m for names, _ in solvers.FAMILIES.values() for m in names]
+    assert sorted(modules) == sorted(m.__name__.rsplit(".", 1)[1] for m in solvers.MODULES)
+    assert len(set(modules)) == len(modules)        # parallel workers never overlap
+
+
+def test_warmup_in_parallel_processes_and_bad_arguments():
+    import pytest
+
+    from bilevel import solvers
+
+    seconds = solvers.warmup(["ridge", "logistic"], jobs=2)
+    assert list(seconds) == ["ridge", "logistic"] and all(s > 0 for s in seconds.values())
+    with pytest.raises(ValueError, match="families must be among"):
+        solvers.warmup(["tv3d"])
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        solvers.warmup(["ridge"], jobs=0)
+
+
+def test_a_first_solve_imports_only_its_own_solver_modules():
+    out = run("""
+        import sys
+        import bilevel as bl
+        problem, theta = {l: (p, t) for l, p, t in bl.problems.Ridge.examples()}["ridge-scalar"]
+        bl.hypergradient(problem, lambda x, theta=None: 0.5 * (x * x).sum(), theta)
+        print(sorted(m for m in sys.modules if m.startswith("bilevel.solvers.")))
+    """)
+    assert eval(out.strip()) == ["bilevel.solvers.cholesky", "bilevel.solvers.ridge"]
