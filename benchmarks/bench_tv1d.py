@@ -91,6 +91,7 @@ CVXPY_RTOL = 1e-1        # cvxpylayers vs reference: a set-up error above this, 
 KKT_TOL = 1e-9           # the reference must be certified to this, else exit 1
 SPEEDUP_GOAL = 1000.0    # cvxpylayers / ours per batch, forward + backward
 CONDAT_GOAL = 3.0        # ours forward / condat-tv forward
+OVERHEAD_GOAL = 4.0      # layer forward + backward / its own kernels (issue 16)
 ZERO_TOL = 1e-9          # |D^k y|_i <= ZERO_TOL * max|s| counts as 0 (reference jump set)
 POLISH_TOL = 1e-6        # jump set of an inexact (Clarabel) solution before polishing
 
@@ -385,6 +386,8 @@ def run_signals(kind, S, lam, args, quick, failures):
         results[(label, "times")] = t
         results[(label, "main")] = main
         results[(label, "peers")] = peers
+        results[(label, "kernels")] = kernel_time(k, norm, our_strategies(k, norm)[0], S,
+                                                  lam_vec, repeat, quick)
 
         if (k, norm) == (1, "l1"):
             results["condat rows"] = condat_rows(S, lam, lam_vec, impls[main], main, repeat,
@@ -406,6 +409,20 @@ def run_signals(kind, S, lam, args, quick, failures):
         print(f"  {label}  {main:26s} forward {format_seconds(f):>8s}   backward "
               f"{format_seconds(max(fb - f, 0.0)):>8s}   backward/forward {(fb - f) / f:5.2f}")
     return results
+
+
+def kernel_time(k, norm, strategy, S, lam_vec, repeat, quick):
+    """The layer's own numba work: the batched solve plus the strategy's batched VJP kernel."""
+    import bilevel as bl
+
+    prob = bl.problems.TV1D(order=k, norm=norm)
+    vjp = bl.torch.Layer(prob, strategy).strategy.batch_kernel(prob)
+    S, V = np.ascontiguousarray(S), np.random.default_rng(1).standard_normal(S.shape)
+
+    def kernels():
+        return vjp(prob.capabilities.batch.solve(S, lam_vec), V)
+
+    return time_median(kernels, repeat=repeat, number=number_for(kernels, quick))
 
 
 def condat_rows(S, lam, lam_vec, call, main, repeat, quick):
@@ -612,6 +629,13 @@ def main(argv=None):
     print(f"  forward: our layer (no grad) / condat-tv {min(condat_ratios):.2f} .. "
           f"{max(condat_ratios):.2f} (goal <= {CONDAT_GOAL:g}: "
           f"{goal(max(condat_ratios) <= CONDAT_GOAL)})")
+    overhead = [res[(f"order {k} {norm}", "times")][(res[(f"order {k} {norm}", "main")],
+                                                     "fwd+bwd")].median
+                / res[(f"order {k} {norm}", "kernels")].median
+                for res in signal_results.values() for k, norm in CONFIGS]
+    print(f"  layer forward + backward / its kernels (batched solve + VJP, NumPy): "
+          f"{min(overhead):.1f} .. {max(overhead):.1f} (goal <= {OVERHEAD_GOAL:g}: "
+          f"{goal(max(overhead) <= OVERHEAD_GOAL)})")
     print(f"  backward / forward (ours, n = {N}): {min(bwd_ratios):.2f} .. {max(bwd_ratios):.2f}"
           f" (goal <= 1: {goal(max(bwd_ratios) <= 1)})")
     big = [(n, c["fwd+bwd"].median / c["fwd"].median - 1) for k, n, c in scaling["rows"]

@@ -36,17 +36,17 @@ def __getattr__(name):
 #: two families, so parallel workers never compile a kernel twice; the costliest come first,
 #: so that they finish together.
 FAMILIES = {
+    "tv1d": (("tv",), "TV1D (orders 1-3, l1 and l2), bl.prox.TV1D"),
     "sparse": (("coordinate_descent", "logistic_l1"),
                "Lasso, ElasticNet, l1-penalized LogisticRegression"),
-    "tv1d": (("tv",), "TV1D (orders 1-3, l1 and l2), bl.prox.TV1D"),
+    "qp": (("qp",), "QP, NNLS, EqualityConstrainedLS"),
     "mirror": (("bregman",), "Bregman strategies, simplex problems, LeastAbsoluteDeviation, "
                "LinearProgram, MatrixGame, Composite mirrors"),
     "piecewise": (("piecewise",), "PiecewisePolynomial, ConnectedComponents"),
-    "tv2d": (("tv2d",), "TV2D (denoising and deblurring)"),
-    "qp": (("qp",), "QP, NNLS, EqualityConstrainedLS"),
-    "logistic": (("logistic",), "l2-penalized LogisticRegression"),
-    "pooling": (("pooling",), "RobustPooling"),
     "projections": (("projections",), "Projection (balls, sphere, simplex), softmax"),
+    "pooling": (("pooling",), "RobustPooling"),
+    "tv2d": (("tv2d",), "TV2D (denoising and deblurring)"),
+    "logistic": (("logistic",), "l2-penalized LogisticRegression"),
     "ridge": (("ridge",), "Ridge"),
 }
 

@@ -114,14 +114,21 @@ def _batch_layout(theta, base_ndims):
     for t, bshape in zip(theta, batch_shapes):
         arr = _host_float64(t)
         inst = arr.shape[len(bshape):]
-        if bshape != batch:
-            arr = np.broadcast_to(arr, batch + inst)
-        parts.append(np.ascontiguousarray(arr.reshape((size,) + inst)))
+        if bshape == batch:
+            parts.append(np.ascontiguousarray(arr).reshape((size,) + inst))
+        else:                               # broadcast along the batch, one copy
+            full = np.empty(batch + inst)
+            full[...] = arr
+            parts.append(full.reshape((size,) + inst))
     return batch, size, parts, batch_shapes
 
 
 def _reduce(grad, batch, bshape, shape):
     """Sum a (B, *inst) gradient over the batch axes its parameter was broadcast along."""
+    if bshape == batch:
+        return grad.reshape(shape)
+    if not bshape:                          # one instance broadcast over the whole batch
+        return grad.sum(axis=0).reshape(shape)
     g = grad.reshape(batch + grad.shape[1:])
     lead = len(batch) - len(bshape)
     g = g.sum(axis=tuple(range(lead))) if lead else g
