@@ -120,7 +120,8 @@ def warmup_wall(jobs, root):
 def main(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", metavar="ROW",
-                        help="rows to run, by the names of the table (default: all)")
+                        help="rows to run, by the names of the table (default: all, and the "
+                        "`bilevel warmup` row)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(),
                         help="processes of the `bilevel warmup` row (default: all cores)")
     args = parser.parse_args(argv)
@@ -137,7 +138,7 @@ def main(argv=None):
         print(f"  JAXopt L2 logistic, first call {format_seconds(jax_first)} "
               f"(import + first call {format_seconds(jax_total)})", flush=True)
         rows = family_rows(families, repeat, root)
-        warm_all = None if args.quick else warmup_wall(args.jobs, root)
+        warm_all = None if args.quick or args.families else warmup_wall(args.jobs, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

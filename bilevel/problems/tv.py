@@ -335,12 +335,14 @@ class TV1D(Problem):
 
     def analytic_vjp(self, solution, v):
         """l1: ``P v`` and ``-sigma^T D^k P v`` (order 1: segment means); l2: banded solve."""
-        from bilevel.solvers.tv import tv_l2_vjp, tv_manifold_vjp
+        from bilevel.solvers.tv import tv1d_segments_vjp, tv_l2_vjp, tv_manifold_vjp
 
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
         v = np.ascontiguousarray(v, dtype=np.float64)
         if self.norm == "l2":
             g_s, g_lam = tv_l2_vjp(solution.x, float(lam), self.order, v)
+        elif self.order == 1:           # its own kernel: compiles no banded solve
+            g_s, g_lam, _ = tv1d_segments_vjp(s, solution.x, float(lam), v, self._zero_tol(s))
         else:
             g_s, g_lam, _ = tv_manifold_vjp(s, solution.x, float(lam), self.order, v,
                                             self._zero_tol(s))
@@ -379,7 +381,10 @@ class TV1D(Problem):
             return (G, g_lam), np.full(S.shape[0], np.inf)
         smax = np.abs(S).max(axis=1)
         tol = _ZERO_TOL * np.where(smax > 0, smax, 1.0)
-        G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
+        if self.order == 1:
+            G, g_lam, margins = _kernel("tv1d_segments_vjp", S)(S, Y, lam, V, tol)
+        else:
+            G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
         return (G, g_lam), margins
 
     def _manifold_vjp_batch(self, batch, V, pinv=False):

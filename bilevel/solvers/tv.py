@@ -24,7 +24,8 @@ from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "band_cholesky", "band_solve", "diff_adjoint", "diff_forward",
            "diff_gram_band", "tv1d_condat", "tv1d_condat_batched", "tv1d_condat_rows",
-           "tv1d_segments_vjp", "tv_dual_from_primal", "tv_dual_newton",
+           "tv1d_segments_vjp", "tv1d_segments_vjp_batched", "tv1d_segments_vjp_rows",
+           "tv_dual_from_primal", "tv_dual_newton",
            "tv_dual_newton_batched", "tv_dual_newton_rows", "tv_l1_gap", "tv_l2", "tv_l2_band",
            "tv_l2_batched", "tv_l2_rows", "tv_l2_vjp", "tv_l2_vjp_batched", "tv_l2_vjp_rows",
            "tv_manifold", "tv_manifold_vjp", "tv_manifold_vjp_batched", "tv_manifold_vjp_rows",
@@ -452,6 +453,22 @@ def tv_manifold_vjp_batched(S, Y, lam, order, V, zero_tol):
     return G, g_lam, margins
 
 
+@njit(cache=True, parallel=True)
+def tv1d_segments_vjp_batched(S, Y, lam, V, zero_tol):
+    """:func:`tv1d_segments_vjp` for each row, in parallel: ``(G_s, g_lam, margins)``.
+
+    Order 1's own batched kernel: it compiles none of the banded solves of orders 2 and 3
+    that :func:`tv_manifold_vjp_batched` carries.
+    """
+    b = S.shape[0]
+    G = np.empty_like(S)
+    g_lam = np.empty(b)
+    margins = np.empty(b)
+    for i in prange(b):
+        G[i], g_lam[i], margins[i] = tv1d_segments_vjp(S[i], Y[i], lam[i], V[i], zero_tol[i])
+    return G, g_lam, margins
+
+
 @njit(cache=True)
 def tv_l2_vjp(y, lam, order, v):
     """l2 TV: ``A^{-1} v`` and ``-(A^{-1} v)^T D^T D y`` with ``A = I + lam D^T D``."""
@@ -474,13 +491,14 @@ tv_dual_newton_rows = serial_twin(tv_dual_newton_batched, "tv_dual_newton_rows")
 tv_l2_rows = serial_twin(tv_l2_batched, "tv_l2_rows")
 tv_l2_vjp_rows = serial_twin(tv_l2_vjp_batched, "tv_l2_vjp_rows")
 tv_manifold_vjp_rows = serial_twin(tv_manifold_vjp_batched, "tv_manifold_vjp_rows")
+tv1d_segments_vjp_rows = serial_twin(tv1d_segments_vjp_batched, "tv1d_segments_vjp_rows")
 
 
 KERNELS = (diff_adjoint, diff_forward, tv1d_condat, tv1d_condat_batched, tv1d_condat_rows,
            tv_dual_from_primal, tv_dual_newton, tv_dual_newton_batched, tv_dual_newton_rows,
            tv_l2, tv_l2_batched, tv_l2_rows, tv_l2_vjp, tv_l2_vjp_batched, tv_l2_vjp_rows,
            tv_manifold, tv_manifold_vjp, tv_manifold_vjp_batched, tv_manifold_vjp_rows,
-           tv_project)
+           tv_project, tv1d_segments_vjp, tv1d_segments_vjp_batched, tv1d_segments_vjp_rows)
 
 
 def warmup():
@@ -507,3 +525,6 @@ def warmup():
     tv1d_condat(s, 0.5)
     tv1d_condat_batched(S, lams)
     tv1d_condat_rows(S, lams)
+    tv1d_segments_vjp(s, s, 0.5, s, 1e-9)
+    tv1d_segments_vjp_batched(S, S, lams, S, zero_tol)
+    tv1d_segments_vjp_rows(S, S, lams, S, zero_tol)
