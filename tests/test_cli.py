@@ -107,7 +107,7 @@ BAD_USAGE = [
     (["compare", "--problem", "tv1d", "--theta", "1"], "MODULE:FACTORY"),
     (["compare", "--format", "yaml"], "--format: invalid choice"),
     (["frobnicate"], "invalid choice"),
-    (["warmup", "lasso"], "unknown family lasso; choose among sparse"),
+    (["warmup", "lasso"], "unknown family lasso; choose among tv1d, sparse"),
     (["warmup", "--jobs", "0"], "--jobs: must be a positive int"),
 ]
 
