@@ -274,7 +274,8 @@ def _warmup(args):
                          f"{', '.join(unknown)}; choose among {', '.join(FAMILIES)} "
                          "(bilevel warmup --list)")
     start = time.perf_counter()
-    seconds = warmup(args.families or None, jobs=args.jobs, progress=not args.quiet)
+    seconds = warmup(args.families or None, jobs=args.jobs, parallel=args.parallel,
+                     progress=not args.quiet)
     for name, s in seconds.items():
         print(f"{name:<12} {s:7.1f} s")
     print(f"{'total':<12} {time.perf_counter() - start:7.1f} s wall, {args.jobs} job(s); "
@@ -348,6 +349,8 @@ def _parser():
     p.add_argument("--jobs", type=_positive(int), default=os.cpu_count() or 1,
                    help="families compiled at once, one process each (default: the number "
                    "of CPUs)")
+    p.add_argument("--parallel", action="store_true",
+                   help="also the prange kernels of large batches (twice the compile time)")
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_warmup)

@@ -51,15 +51,15 @@ FAMILIES = {
 }
 
 
-def _warm_family(name):
+def _warm_family(name, parallel):
     """Compile (or load from the cache) one family's kernels; return the seconds taken."""
     start = time.perf_counter()
     for module in FAMILIES[name][0]:
-        importlib.import_module(f"bilevel.solvers.{module}").warmup()
+        importlib.import_module(f"bilevel.solvers.{module}").warmup(parallel=parallel)
     return time.perf_counter() - start
 
 
-def warmup(families=None, *, jobs=1, progress=False):
+def warmup(families=None, *, jobs=1, parallel=False, progress=False):
     """Compile the kernels of ``families`` ahead of time into numba's on-disk cache.
 
     Parameters
@@ -69,6 +69,10 @@ def warmup(families=None, *, jobs=1, progress=False):
     jobs : int
         Families compiled at once, each in a fresh process (numba compiles on one core);
         the cache they write is what every later process loads.
+    parallel : bool
+        Also the ``prange`` kernels (``*_batched``), which only large batches run (a layer
+        on small batches and every single solve use their serial twins); they cost about
+        as much to compile as all the others.
     progress : bool
         A progress bar over the families (tqdm).
 
@@ -90,7 +94,7 @@ def warmup(families=None, *, jobs=1, progress=False):
     if jobs == 1 or len(names) == 1:
         for name in names:
             bar.set_postfix_str(name)
-            seconds[name] = _warm_family(name)
+            seconds[name] = _warm_family(name, parallel)
             bar.update()
     else:
         import multiprocessing
@@ -98,7 +102,7 @@ def warmup(families=None, *, jobs=1, progress=False):
 
         context = multiprocessing.get_context("spawn")   # no forked numba or torch state
         with ProcessPoolExecutor(min(jobs, len(names)), mp_context=context) as pool:
-            futures = {pool.submit(_warm_family, name): name for name in names}
+            futures = {pool.submit(_warm_family, name, parallel): name for name in names}
             for future in as_completed(futures):
                 seconds[futures[future]] = future.result()
                 bar.set_postfix_str(futures[future])

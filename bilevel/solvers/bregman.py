@@ -350,8 +350,11 @@ KERNELS = (bregman_pd_game, bregman_pd_tv1d, bregman_pd_tv2d, bregman_quadratic,
            bregman_segmentation, lad_pdhg, projection_simplex)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     H = np.array([[2.0, 0.5], [0.5, 1.0]])
     c = np.array([-1.0, 0.3])
     for kind in (EUCLIDEAN, ENTROPY, SIMPLEX, BOX, BALL):

@@ -252,8 +252,11 @@ def designs(X):
              np.arange(0, n * p + 1, n, dtype=np.int32), True))
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance, dense and sparse."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance, dense and sparse.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
     y, w0, lam = np.array([1.0, -1.0, 1.0]), np.zeros(2), np.full(2, 0.1)
     for design in designs(X):

@@ -102,8 +102,11 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
 KERNELS = (logistic_l2_energy, logistic_l2_hessian, newton_logistic_l2)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
     y, w0 = np.array([1.0, -1.0, 1.0]), np.zeros(2)
     newton_logistic_l2(X, y, 1.0, w0, 1e-8, 50)

@@ -213,8 +213,11 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
 KERNELS = (logistic_l1_gap, logistic_l1_prox_newton)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance, dense and sparse."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance, dense and sparse.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
     y, w0, lam = np.array([1.0, -1.0, 1.0]), np.zeros(2), np.full(2, 0.1)
     for design in designs(X):

@@ -316,15 +316,19 @@ KERNELS = (pp_basis, pp_basis_table, pp_dp, pp_dp_batched, pp_dp_rows, pp_hat_vj
            pp_hat_vjp_rows)
 
 
-def warmup():
-    """Compile each kernel of this module once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile each kernel of this module once on a tiny float64 instance.
+
+    ``parallel=False`` leaves the ``prange`` kernels (``*_batched``) to their first use.
+    """
     s = np.array([0.0, 0.1, 2.0, 2.1, 5.0])
     deg = np.array([0, 1], dtype=np.int64)
     pp_dp(s, 2, deg)
     S = np.stack([s, -s])
-    _, br, _, _ = pp_dp_batched(S, 2, deg)
-    pp_dp_rows(S, 2, deg)
+    _, br, _, _ = pp_dp_rows(S, 2, deg)
     pp_basis(3, 1)
     table, offsets = pp_basis_table(2, 1)
-    pp_hat_vjp_batched(S, br, deg, table, offsets)
     pp_hat_vjp_rows(S, br, deg, table, offsets)
+    if parallel:
+        pp_dp_batched(S, 2, deg)
+        pp_hat_vjp_batched(S, br, deg, table, offsets)

@@ -549,12 +549,16 @@ pool_vjp_rows = serial_twin(pool_vjp_batched, "pool_vjp_rows")
 KERNELS = (pool_solve_batched, pool_solve_rows, pool_vjp_batched, pool_vjp_rows)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel=False`` leaves the ``prange`` kernels (``*_batched``) to their first use.
+    """
     X = np.array([[0.0, 1.0, 5.0], [2.0, -1.0, 0.5]])
     Y0 = np.median(X, axis=1)
     for penalty in range(5):
-        Y, _, _ = pool_solve_batched(X, penalty, 1.0, Y0, 50)
-        pool_solve_rows(X, penalty, 1.0, Y0, 50)
-        pool_vjp_batched(X, penalty, 1.0, Y, np.ones(2))
+        Y, _, _ = pool_solve_rows(X, penalty, 1.0, Y0, 50)
         pool_vjp_rows(X, penalty, 1.0, Y, np.ones(2))
+        if parallel:
+            pool_solve_batched(X, penalty, 1.0, Y0, 50)
+            pool_vjp_batched(X, penalty, 1.0, Y, np.ones(2))

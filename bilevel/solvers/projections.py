@@ -297,12 +297,17 @@ KERNELS = (proj_batched, proj_rows, proj_vjp_batched, proj_vjp_rows, softmax_bat
            softmax_rows, softmax_vjp_batched, softmax_vjp_rows)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel=False`` leaves the ``prange`` kernels (``*_batched``) to their first use.
+    """
     X = np.array([[0.5, -1.0, 2.0], [0.1, 0.2, -0.1]])
+    pairs = ((proj_rows, proj_vjp_rows), (proj_batched, proj_vjp_batched))[:1 + parallel]
     for code in range(6):
-        for kernel, vjp in ((proj_batched, proj_vjp_batched), (proj_rows, proj_vjp_rows)):
+        for kernel, vjp in pairs:
             Y, _, _ = kernel(X, code, 1.0)
             vjp(X, Y, code, 1.0, 0, X)
-    for kernel, vjp in ((softmax_batched, softmax_vjp_batched), (softmax_rows, softmax_vjp_rows)):
+    for kernel, vjp in ((softmax_rows, softmax_vjp_rows),
+                        (softmax_batched, softmax_vjp_batched))[:1 + parallel]:
         vjp(kernel(X), X)

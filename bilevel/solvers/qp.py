@@ -591,22 +591,25 @@ KERNELS = (nnls_active_vjp_batched, nnls_active_vjp_rows, nnls_lawson_hanson,
            qp_goldfarb_idnani_rows)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel=False`` leaves the ``prange`` kernels (``*_batched``) to their first use.
+    """
     Q = np.array([[2.0, 0.5], [0.5, 1.0]])
     G = np.array([[1.0, 1.0], [-1.0, 0.0]])
     c, h = np.array([-1.0, -1.0]), np.array([0.5, 0.0])
     C, H = np.stack([c, -c]), np.stack([h, h])
     qp_goldfarb_idnani(Q, c, G, h, 1e-12, 50)
-    for solve, vjp in ((qp_goldfarb_idnani_batched, qp_active_vjp_batched),
-                       (qp_goldfarb_idnani_rows, qp_active_vjp_rows)):
+    for solve, vjp in ((qp_goldfarb_idnani_rows, qp_active_vjp_rows),
+                       (qp_goldfarb_idnani_batched, qp_active_vjp_batched))[:1 + parallel]:
         X = solve(Q, C, G, H, 1e-12, 50)[0]
         vjp(Q, G, C, H, X, C, 1e-9)
     A = np.array([[1.0, 0.5], [0.2, 1.0], [0.3, -0.4]])
     b = np.array([1.0, -1.0, 0.5])
     B = np.stack([b, -b])
     nnls_lawson_hanson(A, b, 1e-12, 50)
-    for solve, vjp in ((nnls_lawson_hanson_batched, nnls_active_vjp_batched),
-                       (nnls_lawson_hanson_rows, nnls_active_vjp_rows)):
+    for solve, vjp in ((nnls_lawson_hanson_rows, nnls_active_vjp_rows),
+                       (nnls_lawson_hanson_batched, nnls_active_vjp_batched))[:1 + parallel]:
         X = solve(A, B, 1e-12, 50)[0]
         vjp(A, B, X, B, 1e-9)

@@ -51,7 +51,10 @@ def ridge_cholesky(X, y, lam):
 KERNELS = (ridge_cholesky,)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
     ridge_cholesky(X, np.array([1.0, -1.0, 1.0]), np.ones(2))

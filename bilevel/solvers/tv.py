@@ -501,30 +501,35 @@ KERNELS = (diff_adjoint, diff_forward, tv1d_condat, tv1d_condat_batched, tv1d_co
            tv_project, tv1d_segments_vjp, tv1d_segments_vjp_batched, tv1d_segments_vjp_rows)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance, for orders 1-3."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance, for orders 1-3.
+
+    ``parallel=False`` leaves the ``prange`` kernels (``*_batched``) to their first use.
+    """
     s = np.array([0.0, 1.0, 3.0, 2.0, 2.5])
     S, lams, zero_tol = np.stack([s, -s]), np.array([0.5, 0.5]), np.array([1e-9, 1e-9])
     for order in (1, 2, 3):
         y = tv_l2(s, 0.5, order)
-        tv_l2_batched(S, lams, order)
         tv_l2_rows(S, lams, order)
         tv_l2_vjp(y, 0.5, order, s)
-        tv_l2_vjp_batched(S, lams, order, S)
         tv_l2_vjp_rows(S, lams, order, S)
         y, u, _, _ = tv_dual_newton(s, 0.5, order, np.zeros(5 - order), 1e-12, 50)
-        tv_dual_newton_batched(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
         tv_dual_newton_rows(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
         tv_dual_from_primal(s, y, order)
         tv_manifold(s, y, 0.5, order, 1e-9)
         tv_manifold_vjp(s, y, 0.5, order, s, 1e-9)
-        tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol)
         tv_manifold_vjp_rows(S, S, lams, order, S, zero_tol)
+        if parallel:
+            tv_l2_batched(S, lams, order)
+            tv_l2_vjp_batched(S, lams, order, S)
+            tv_dual_newton_batched(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
+            tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol)
         tv_project(s, np.arange(5 - order), order)
         diff_adjoint(diff_forward(s, order), order)
     tv1d_condat(s, 0.5)
-    tv1d_condat_batched(S, lams)
     tv1d_condat_rows(S, lams)
     tv1d_segments_vjp(s, s, 0.5, s, 1e-9)
-    tv1d_segments_vjp_batched(S, S, lams, S, zero_tol)
     tv1d_segments_vjp_rows(S, S, lams, S, zero_tol)
+    if parallel:
+        tv1d_condat_batched(S, lams)
+        tv1d_segments_vjp_batched(S, S, lams, S, zero_tol)

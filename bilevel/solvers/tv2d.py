@@ -234,8 +234,11 @@ def tv2d_solve(f, lam, u0, p0, w, identity, tol, max_iter):
 KERNELS = (tv2d_kkt_residual, tv2d_solve)
 
 
-def warmup():
-    """Compile this module's kernels once on a tiny float64 instance."""
+def warmup(parallel=True):
+    """Compile this module's kernels once on a tiny float64 instance.
+
+    ``parallel`` is unused: this module has no ``prange`` kernels.
+    """
     f = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
     w = gaussian_kernel(0.8)
     for identity in (True, False):

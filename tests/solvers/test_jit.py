@@ -35,7 +35,7 @@ def test_import_compiles_no_kernel_and_solves_compile_once():
 def test_warmup_compiles_every_kernel_once():
     out = run("""
         from bilevel import solvers
-        solvers.warmup(); solvers.warmup()
+        solvers.warmup(parallel=True); solvers.warmup(parallel=True)
         print([len(k.signatures) for k in solvers.KERNELS])
     """)
     assert set(eval(out.strip())) == {1}
@@ -81,3 +81,16 @@ def test_a_first_solve_imports_only_its_own_solver_modules():
         print(sorted(m for m in sys.modules if m.startswith("bilevel.solvers.")))
     """)
     assert eval(out.strip()) == ["bilevel.solvers.cholesky", "bilevel.solvers.ridge"]
+
+
+def test_warmup_leaves_the_prange_kernels_to_their_first_use_unless_asked():
+    out = run("""
+        from bilevel import solvers
+        from bilevel.solvers import pooling
+        solvers.warmup(["pooling"])
+        before = (len(pooling.pool_solve_rows.signatures),
+                  len(pooling.pool_solve_batched.signatures))
+        solvers.warmup(["pooling"], parallel=True)
+        print(before, len(pooling.pool_solve_batched.signatures))
+    """)
+    assert out.strip() == "(1, 0) 1"
