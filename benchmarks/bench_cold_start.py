@@ -13,8 +13,8 @@ kernels into an empty on-disk cache. Each row runs in fresh interpreters with it
 The anchor, measured in the same run: JAXopt's first call of the L2-logistic hypergradient
 of ``bench_logistic_jaxopt.py`` (LBFGS and its implicit differentiation traced and compiled
 by XLA, which JAX does in every new process by default). Goal: every family's empty-cache
-first call no slower than JAXopt's. ``bilevel warmup --jobs N`` compiles every family ahead
-of time; its wall time, from an empty cache, is the last row.
+first call no slower than JAXopt's. ``bilevel warmup --jobs N`` compiles every family's
+serial kernels ahead of time; its wall time, from an empty cache, is the last row.
 
 Run: ``python benchmarks/bench_cold_start.py [--quick] [--repeat K] [--families ...]``
 """
