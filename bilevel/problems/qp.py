@@ -350,6 +350,7 @@ class QP(Problem):
         if not (tol > 0):
             raise ValueError(f"tol must be > 0, got {tol}")
         self.Q, self.G = np.ascontiguousarray(Q), np.ascontiguousarray(G)
+        self._Qinv = np.linalg.inv(self.Q)      # the dual active-set kernels work on Q^{-1}
         self.h = h
         self.tol = float(tol)
         self.max_iter = int(max_iter) if max_iter is not None else 10 * (n + G.shape[0]) + 10
@@ -418,7 +419,8 @@ class QP(Problem):
         from bilevel.solvers.qp import qp_goldfarb_idnani
 
         c, h = (np.ascontiguousarray(t) for t in self._split(theta))
-        x, lam, n_iter, status = qp_goldfarb_idnani(self.Q, c, self.G, h, 1e-13, self.max_iter)
+        x, lam, n_iter, status = qp_goldfarb_idnani(self._Qinv, c, self.G, h, 1e-13,
+                                                     self.max_iter)
         if status == 1:
             raise ValueError("QP: the constraints G x <= h are infeasible (h has no feasible "
                              "point); check h, or relax the constraints")
@@ -554,7 +556,7 @@ class QP(Problem):
         H = np.broadcast_to(self.h, (C.shape[0], self.G.shape[0])) if H is None else H
         H = np.ascontiguousarray(H, dtype=np.float64)
         kernel = _kernel("qp_goldfarb_idnani", C.shape[0], self.G.size)
-        X, Lam, _, status = kernel(self.Q, np.ascontiguousarray(C), self.G, H, 1e-13,
+        X, Lam, _, status = kernel(self._Qinv, np.ascontiguousarray(C), self.G, H, 1e-13,
                                    self.max_iter)
         if np.any(status == 1):
             raise ValueError(f"QP: {int(np.sum(status == 1))} of {C.shape[0]} rows have "
@@ -590,7 +592,7 @@ class QP(Problem):
     def _active_vjp(self, C, H, X, V):
         """Return the active-set closed form on rows ``(C, H, X, V)``: ``(grads, margins)``."""
         kernel = _kernel("qp_active_vjp", C.shape[0], self.G.size)
-        GC, GH, margins, ok = kernel(self.Q, self.G, np.ascontiguousarray(C),
+        GC, GH, margins, ok = kernel(self._Qinv, self.G, np.ascontiguousarray(C),
                                      np.ascontiguousarray(H), np.ascontiguousarray(X),
                                      np.ascontiguousarray(V), _ACTIVE_TOL)
         if not np.all(ok):

@@ -20,6 +20,7 @@ number of steps taken and that residual.
 import numpy as np
 from numba import njit
 
+from bilevel.solvers.assign import assign
 from bilevel.solvers.tv import diff_adjoint, diff_forward
 from bilevel.solvers.tv2d import blur_apply, div2d, grad2d
 
@@ -295,7 +296,7 @@ def lad_pdhg(A, u, x0, y0, tau, sigma, n_steps):
         x_new = x - tau * (A.T @ y)
         y = np.minimum(np.maximum(y + sigma * (A @ (2.0 * x_new - x) - u), -1.0), 1.0)
         x = x_new
-        Y[k] = y
+        assign(Y[k], y)
     return x, y, Y
 
 
@@ -319,8 +320,8 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
     residual = np.inf
     n_iter = 0
     while True:
-        p[0] = z[:, :, 0]
-        p[1] = z[:, :, 1]
+        assign(p[0], z[:, :, 0])
+        assign(p[1], z[:, :, 1])
         data = u - f if identity else blur_apply(blur_apply(u, w) - f, w)
         r = data - lam * div2d(p)
         g = grad2d(u)

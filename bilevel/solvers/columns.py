@@ -8,6 +8,8 @@ representation is an empty array, so that one compiled kernel serves both.
 import numpy as np
 from numba import njit
 
+from bilevel.solvers.assign import assign
+
 __all__ = ["col_axpy", "col_dot", "col_sq_norms", "dense_columns", "matvec"]
 
 
@@ -68,5 +70,5 @@ def dense_columns(Xt, data, indices, indptr, sparse, cols, n):
             for k in range(indptr[j], indptr[j + 1]):
                 out[a, indices[k]] = data[k]
         else:
-            out[a] = Xt[j]
+            assign(out[a], Xt[j])
     return out

@@ -18,8 +18,10 @@ support this gives ``w*`` to round-off instead of to the CD tolerance.
 import numpy as np
 from numba import njit
 
+from bilevel.solvers.assign import assign
 from bilevel.solvers.cholesky import cholesky_solve
 from bilevel.solvers.columns import col_axpy, col_dot, dense_columns, matvec
+from bilevel.solvers.selection import smallest
 
 __all__ = ["KERNELS", "designs", "enet_cd", "enet_gap", "warmup"]
 
@@ -62,6 +64,33 @@ def enet_gap(w, r, corr, y, lam1, lam2):
 
 
 @njit(cache=True)
+def _min_norm_solve(G, r):
+    """Least-norm solution of ``G d = r``, ``G`` symmetric positive semi-definite singular.
+
+    Iterated Tikhonov: ``d <- d + (G + delta I)^{-1} (r - G d)``, ``delta = 1e-12 max G_jj``;
+    on the range of ``G`` the error shrinks by ``delta / (sigma + delta)`` per step, and
+    ``d`` stays in that range (iterated Tikhonov regularization: Engl, Hanke, Neubauer,
+    "Regularization of Inverse Problems", 1996, chapter 5). Three steps shrink the error by
+    ``1e-12`` where ``sigma > 1e-8 max G_jj``.
+    """
+    k = r.shape[0]
+    delta = 0.0
+    for a in range(k):
+        delta = max(delta, G[a, a])
+    delta = 1e-12 * delta + 1e-300
+    shifted = G.copy()
+    for a in range(k):
+        shifted[a, a] += delta
+    d = np.zeros(k)
+    for _ in range(3):
+        step, ok = cholesky_solve(shifted, r - G @ d)
+        if not ok:
+            break
+        d += step
+    return d
+
+
+@njit(cache=True)
 def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     """Exact minimizer on the support and signs of ``w``.
 
@@ -83,8 +112,7 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
         b[a] -= lam1[j] * np.sign(w[j])
     wS, ok = cholesky_solve(G, b)
     if not ok:
-        current = w[support]
-        wS = current + np.linalg.lstsq(G, b - G @ current, 1e-13)[0]
+        wS = w[support] + _min_norm_solve(G, b - G @ w[support])
     out = np.zeros_like(w)
     for a in range(k):
         out[support[a]] = wS[a]
@@ -120,10 +148,11 @@ def _extrapolate(Xt, data, indices, indptr, sparse, y, lam1, lam2, ws, history, 
         if extrapolated[a] != 0.0:
             col_axpy(ws[a], -extrapolated[a], Xt, data, indices, indptr, sparse, r_new)
     w_new = w.copy()
-    w_new[ws] = extrapolated
+    for a in range(ws.shape[0]):
+        w_new[ws[a]] = extrapolated[a]
     if _ws_primal(r_new, w_new, ws, lam1, lam2) < _ws_primal(r, w, ws, lam1, lam2):
-        w[ws] = extrapolated
-        r[:] = r_new
+        assign(w, w_new)
+        assign(r, r_new)
 
 
 @njit(cache=True)
@@ -207,7 +236,7 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
                 priority[j] = np.inf
             else:
                 priority[j] = (lam1[j] - abs(corr[j])) / np.sqrt(norms2[j])
-        ws = np.sort(np.argsort(priority)[:ws_size])
+        ws = smallest(priority, ws_size)
         # Inner coordinate descent until the working-set gap falls below 0.3 * gap,
         # with Anderson extrapolation of the last _ANDERSON + 1 iterates.
         target = 0.3 * gap
@@ -223,7 +252,9 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
                 if new != old:
                     col_axpy(j, old - new, Xt, data, indices, indptr, sparse, r)
                     w[j] = new
-            history[inner % (_ANDERSON + 1)] = w[ws]
+            latest = history[inner % (_ANDERSON + 1)]
+            for a in range(ws.shape[0]):
+                latest[a] = w[ws[a]]
             if inner % (_ANDERSON + 1) == _ANDERSON:
                 _extrapolate(Xt, data, indices, indptr, sparse, y, lam1, lam2, ws, history,
                              w, r)

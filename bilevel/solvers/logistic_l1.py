@@ -126,7 +126,8 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam, w):
         if decrease <= 1e-16 * abs(energy):
             break
     out = np.zeros_like(w)
-    out[support] = wS
+    for a in range(k):
+        out[support[a]] = wS[a]
     return out, True
 
 

@@ -36,6 +36,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.assign import assign
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "pp_basis", "pp_basis_table", "pp_dp", "pp_dp_batched", "pp_dp_rows",
@@ -226,8 +227,8 @@ def pp_dp_batched(S, k, degrees):
     gaps = np.zeros(b)
     for r in prange(b):
         f, br, c, g = pp_dp(S[r], k, degrees)
-        fits[r] = f
-        breaks[r] = br
+        assign(fits[r], f)
+        assign(breaks[r], br)
         costs[r] = c
         gaps[r] = g
     return fits, breaks, costs, gaps

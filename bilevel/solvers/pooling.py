@@ -56,6 +56,7 @@ S. Gould, R. Hartley, D. Campbell, "Deep Declarative Networks", IEEE TPAMI 2021,
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.selection import median
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "PENALTIES", "pool_solve_batched", "pool_solve_rows", "pool_vjp_batched",
@@ -366,49 +367,6 @@ def _tq_row(x, a):
 
 
 @njit(cache=True)
-def _select(w, k):
-    """Return the k-th smallest entry of ``w`` (0-based) by quickselect; reorders ``w``."""
-    lo = 0
-    hi = w.shape[0] - 1
-    while lo < hi:
-        mid = (lo + hi) // 2                    # median-of-three pivot
-        a, b, c = w[lo], w[mid], w[hi]
-        pivot = max(min(a, b), min(max(a, b), c))
-        i = lo
-        j = hi
-        while i <= j:
-            while w[i] < pivot:
-                i += 1
-            while w[j] > pivot:
-                j -= 1
-            if i <= j:
-                w[i], w[j] = w[j], w[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return w[k]
-    return w[k]
-
-
-@njit(cache=True)
-def _median(x):
-    """Return the median of ``x`` (the mean of the two middle entries for even ``n``)."""
-    n = x.shape[0]
-    w = x.copy()
-    upper = _select(w, n // 2)
-    if n % 2:
-        return upper
-    lower = w[0]
-    for i in range(1, n // 2):                  # after selection w[:n//2] <= upper
-        lower = max(lower, w[i])
-    return 0.5 * (lower + upper)
-
-
-@njit(cache=True)
 def _solve_row(x, penalty, a, y0, max_iter):
     if penalty == 0:
         y = x.mean()
@@ -418,7 +376,7 @@ def _solve_row(x, penalty, a, y0, max_iter):
         it = 1
     else:
         if np.isnan(y0):
-            y0 = _median(x) if penalty == 3 else x.mean()
+            y0 = median(x) if penalty == 3 else x.mean()
         return _newton_row(x, penalty, a, y0, max_iter)
     return y, it, _relative_residual(x, y, penalty, a)
 

@@ -42,6 +42,7 @@ The softmax ``p = exp(z) / sum exp(z)`` (max-shifted) has Jacobian ``diag(p) - p
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.assign import assign
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "SETS", "proj_batched", "proj_rows", "proj_vjp_batched", "proj_vjp_rows",
@@ -102,7 +103,7 @@ def _project_row(x, code, r, y):
     if code <= 1:
         nx = _norm2(x)
         if code == 1 and nx <= r:
-            y[:] = x
+            assign(y, x)
             return nx, 0.0
         if nx == 0.0:
             for i in range(n):
@@ -125,7 +126,7 @@ def _project_row(x, code, r, y):
         return tau + top, abs(s - r) / r
     l1 = np.sum(np.abs(x))
     if code == 3 and l1 <= r:
-        y[:] = x
+        assign(y, x)
         return 0.0, 0.0
     tau, top = _simplex_tau(np.abs(x), r)
     s = 0.0
@@ -161,7 +162,7 @@ def _vjp_row(x, y, code, r, plateau, v, g):
     if code <= 1:
         nx = _norm2(x)
         if code == 1 and nx <= r:
-            g[:] = v
+            assign(g, v)
             return abs(nx - r) / r
         if nx == 0.0:
             g[:] = 0.0
@@ -214,7 +215,7 @@ def _vjp_row(x, y, code, r, plateau, v, g):
         return margin
     l1 = np.sum(np.abs(x))
     if code == 3 and l1 <= r:
-        g[:] = v
+        assign(g, v)
         return (r - l1) / r
     k = 0
     sv = 0.0

@@ -29,6 +29,8 @@ Batched ``prange`` variants end in ``_batched``, serial twins in ``_rows``.
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.assign import assign
+from bilevel.solvers.least_squares import lstsq_qr
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "nnls_active_vjp_batched", "nnls_active_vjp_rows", "nnls_lawson_hanson",
@@ -263,12 +265,15 @@ def _gi_core(Qinv, c, G, h, tol, max_iter):
 
 
 @njit(cache=True)
-def qp_goldfarb_idnani(Q, c, G, h, tol, max_iter):
-    """Solve ``min 1/2 x^T Q x + c^T x`` s.t. ``G x <= h`` (Q SPD).
+def qp_goldfarb_idnani(Qinv, c, G, h, tol, max_iter):
+    """Solve ``min 1/2 x^T Q x + c^T x`` s.t. ``G x <= h`` (Q SPD), given ``Q^{-1}``.
+
+    The caller inverts ``Q`` once per problem (``np.linalg.inv``, outside numba: numba's
+    LAPACK bindings would compile for seconds in every new process).
 
     Parameters
     ----------
-    Q : ndarray, shape (n, n), symmetric positive definite
+    Qinv : ndarray, shape (n, n), the inverse of a symmetric positive definite Q
     c : ndarray, shape (n,)
     G : ndarray, shape (m, n)
     h : ndarray, shape (m,)
@@ -286,26 +291,25 @@ def qp_goldfarb_idnani(Q, c, G, h, tol, max_iter):
     status : int
         0 optimal, 1 infeasible, 2 iteration cap reached.
     """
-    return _gi_core(np.linalg.inv(Q), c, G, h, tol, max_iter)
+    return _gi_core(Qinv, c, G, h, tol, max_iter)
 
 
 @njit(cache=True, parallel=True)
-def qp_goldfarb_idnani_batched(Q, C, G, H, tol, max_iter):
+def qp_goldfarb_idnani_batched(Qinv, C, G, H, tol, max_iter):
     """:func:`qp_goldfarb_idnani` on every row of ``C`` (b, n) and ``H`` (b, m).
 
     Returns ``X`` (b, n), ``Lam`` (b, m), ``n_iter`` (b,) and ``status`` (b,).
     """
     b, n = C.shape
     m = G.shape[0]
-    Qinv = np.linalg.inv(Q)
     X = np.empty((b, n))
     Lam = np.empty((b, m))
     iters = np.empty(b, np.int64)
     status = np.empty(b, np.int64)
     for row in prange(b):
         x, lam, it, st = _gi_core(Qinv, C[row], G, H[row], tol, max_iter)
-        X[row] = x
-        Lam[row] = lam
+        assign(X[row], x)
+        assign(Lam[row], lam)
         iters[row] = it
         status[row] = st
     return X, Lam, iters, status
@@ -347,12 +351,12 @@ def _qp_vjp_core(Qinv, G, h, c, x, v, active_tol):
     else:
         GA = np.empty((k, n))
         for j in range(k):
-            GA[j] = G[idx[j]]
+            assign(GA[j], G[idx[j]])
         QG = Qinv @ GA.T
         M = GA @ QG
         rhs = np.empty((k, 2))
-        rhs[:, 0] = GA @ qv
-        rhs[:, 1] = GA @ (x + Qinv @ c)     # G_S Q^{-1} (Q x + c)
+        assign(rhs[:, 0], GA @ qv)
+        assign(rhs[:, 1], GA @ (x + Qinv @ c))     # G_S Q^{-1} (Q x + c)
         sol, ok = _chol_solve(M, rhs)
         w = sol[:, 0].copy()
         grad_c = -(qv - QG @ w)
@@ -372,7 +376,7 @@ def _qp_vjp_core(Qinv, G, h, c, x, v, active_tol):
 
 
 @njit(cache=True, parallel=True)
-def qp_active_vjp_batched(Q, G, C, H, X, V, active_tol):
+def qp_active_vjp_batched(Qinv, G, C, H, X, V, active_tol):
     """Active-set VJPs of QP rows: ``(grad_C (b, n), grad_H (b, m), margins (b,), ok (b,))``.
 
     ``margins`` is the strict-complementarity margin of each row (smallest active
@@ -381,15 +385,14 @@ def qp_active_vjp_batched(Q, G, C, H, X, V, active_tol):
     """
     b, n = C.shape
     m = G.shape[0]
-    Qinv = np.linalg.inv(Q)
     GC = np.empty((b, n))
     GH = np.empty((b, m))
     margins = np.empty(b)
     ok = np.empty(b, np.bool_)
     for row in prange(b):
         gc, gh, mg, good = _qp_vjp_core(Qinv, G, H[row], C[row], X[row], V[row], active_tol)
-        GC[row] = gc
-        GH[row] = gh
+        assign(GC[row], gc)
+        assign(GH[row], gh)
         margins[row] = mg
         ok[row] = good
     return GC, GH, margins, ok
@@ -441,8 +444,8 @@ def _nnls_core(A, b, tol, max_iter):
                     k += 1
             AP = np.empty((m, k))
             for q in range(k):
-                AP[:, q] = A[:, idx[q]]
-            sP = np.linalg.lstsq(AP, b)[0]
+                assign(AP[:, q], A[:, idx[q]])
+            sP = lstsq_qr(AP, b)
             if sP.min() > 0.0:
                 x[:] = 0.0
                 for q in range(k):
@@ -513,8 +516,8 @@ def nnls_lawson_hanson_batched(A, B, tol, max_iter):
     ok = np.empty(r, np.bool_)
     for row in prange(r):
         x, lam, it, good = _nnls_core(A, B[row], tol, max_iter)
-        X[row] = x
-        Lam[row] = lam
+        assign(X[row], x)
+        assign(Lam[row], lam)
         iters[row] = it
         ok[row] = good
     return X, Lam, iters, ok
@@ -548,7 +551,7 @@ def _nnls_vjp_core(A, b, x, v, active_tol):
     if k > 0:
         AF = np.empty((m, k))
         for q in range(k):
-            AF[:, q] = A[:, idx[q]]
+            assign(AF[:, q], A[:, idx[q]])
             margin = min(margin, x[idx[q]] / xnorm)
         rhs = np.empty((k, 1))
         for q in range(k):
@@ -576,7 +579,7 @@ def nnls_active_vjp_batched(A, B, X, V, active_tol):
     ok = np.empty(r, np.bool_)
     for row in prange(r):
         g, mg, good = _nnls_vjp_core(A, B[row], X[row], V[row], active_tol)
-        G[row] = g
+        assign(G[row], g)
         margins[row] = mg
         ok[row] = good
     return G, margins, ok
@@ -600,11 +603,12 @@ def warmup(parallel=True):
     G = np.array([[1.0, 1.0], [-1.0, 0.0]])
     c, h = np.array([-1.0, -1.0]), np.array([0.5, 0.0])
     C, H = np.stack([c, -c]), np.stack([h, h])
-    qp_goldfarb_idnani(Q, c, G, h, 1e-12, 50)
+    Qinv = np.linalg.inv(Q)
+    qp_goldfarb_idnani(Qinv, c, G, h, 1e-12, 50)
     for solve, vjp in ((qp_goldfarb_idnani_rows, qp_active_vjp_rows),
                        (qp_goldfarb_idnani_batched, qp_active_vjp_batched))[:1 + parallel]:
-        X = solve(Q, C, G, H, 1e-12, 50)[0]
-        vjp(Q, G, C, H, X, C, 1e-9)
+        X = solve(Qinv, C, G, H, 1e-12, 50)[0]
+        vjp(Qinv, G, C, H, X, C, 1e-9)
     A = np.array([[1.0, 0.5], [0.2, 1.0], [0.3, -0.4]])
     b = np.array([1.0, -1.0, 0.5])
     B = np.stack([b, -b])

@@ -20,6 +20,7 @@ Every kernel has a batched ``prange`` variant over the rows of ``s`` and its ser
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.assign import assign
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "band_cholesky", "band_solve", "diff_adjoint", "diff_forward",
@@ -47,8 +48,9 @@ def diff_adjoint(u, order):
     out = u.copy()
     for _ in range(order):
         grown = np.zeros(out.shape[0] + 1)
-        grown[1:] += out
-        grown[:-1] -= out
+        for i in range(out.shape[0]):
+            grown[i + 1] += out[i]
+            grown[i] -= out[i]
         out = grown
     return out
 
@@ -60,8 +62,8 @@ def _stencil(order):
     c[0] = 1.0
     for _ in range(order):
         nxt = np.zeros(order + 1)
-        nxt[1:] += c[:-1]
-        nxt[:] -= c
+        for m in range(order + 1):
+            nxt[m] = (c[m - 1] if m > 0 else 0.0) - c[m]
         c = nxt
     return c
 
@@ -135,7 +137,7 @@ def tv1d_condat(s, lam):
     if n == 0:
         return x
     if not lam > 0.0:
-        x[:] = s
+        assign(x, s)
         return x
     k = k0 = kmin = kmax = 0
     vmin = s[0] - lam
@@ -193,7 +195,7 @@ def tv1d_condat_batched(S, lam):
     """:func:`tv1d_condat` on each row of ``S`` with ``lam[i]``, in parallel."""
     out = np.empty_like(S)
     for i in prange(S.shape[0]):
-        out[i] = tv1d_condat(S[i], lam[i])
+        assign(out[i], tv1d_condat(S[i], lam[i]))
     return out
 
 
@@ -302,8 +304,9 @@ def tv_dual_newton_batched(S, lam, order, U0, tol, max_iter):
     n_iter = np.empty(b, dtype=np.int64)
     gaps = np.empty(b)
     for i in prange(b):
-        Y[i], U[i], n_iter[i], gaps[i] = tv_dual_newton(S[i], lam[i], order, U0[i], tol,
-                                                        max_iter)
+        y, u, n_iter[i], gaps[i] = tv_dual_newton(S[i], lam[i], order, U0[i], tol, max_iter)
+        assign(Y[i], y)
+        assign(U[i], u)
     return Y, U, n_iter, gaps
 
 
@@ -333,7 +336,7 @@ def tv_l2_batched(S, lam, order):
     """:func:`tv_l2` on each row of ``S`` with ``lam[i]``, in parallel."""
     out = np.empty_like(S)
     for i in prange(S.shape[0]):
-        out[i] = tv_l2(S[i], lam[i], order)
+        assign(out[i], tv_l2(S[i], lam[i], order))
     return out
 
 
@@ -362,7 +365,9 @@ def tv_project(v, zero, order):
     L, _ = band_cholesky(_free_band(diff_gram_band(order), zero, order))
     Dv = diff_forward(v, order)
     w = np.zeros(v.shape[0] - order)
-    w[zero] = band_solve(L, Dv[zero])
+    solved = band_solve(L, Dv[zero])
+    for a in range(zero.shape[0]):
+        w[zero[a]] = solved[a]
     return v - diff_adjoint(w, order)
 
 
@@ -448,8 +453,9 @@ def tv_manifold_vjp_batched(S, Y, lam, order, V, zero_tol):
     g_lam = np.empty(b)
     margins = np.empty(b)
     for i in prange(b):
-        G[i], g_lam[i], margins[i] = tv_manifold_vjp(S[i], Y[i], lam[i], order, V[i],
-                                                     zero_tol[i])
+        g, g_lam[i], margins[i] = tv_manifold_vjp(S[i], Y[i], lam[i], order, V[i],
+                                                  zero_tol[i])
+        assign(G[i], g)
     return G, g_lam, margins
 
 
@@ -465,7 +471,8 @@ def tv1d_segments_vjp_batched(S, Y, lam, V, zero_tol):
     g_lam = np.empty(b)
     margins = np.empty(b)
     for i in prange(b):
-        G[i], g_lam[i], margins[i] = tv1d_segments_vjp(S[i], Y[i], lam[i], V[i], zero_tol[i])
+        g, g_lam[i], margins[i] = tv1d_segments_vjp(S[i], Y[i], lam[i], V[i], zero_tol[i])
+        assign(G[i], g)
     return G, g_lam, margins
 
 
@@ -482,7 +489,8 @@ def tv_l2_vjp_batched(Y, lam, order, V):
     G = np.empty_like(Y)
     g_lam = np.empty(Y.shape[0])
     for i in prange(Y.shape[0]):
-        G[i], g_lam[i] = tv_l2_vjp(Y[i], lam[i], order, V[i])
+        g, g_lam[i] = tv_l2_vjp(Y[i], lam[i], order, V[i])
+        assign(G[i], g)
     return G, g_lam
 
 

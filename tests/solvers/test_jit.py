@@ -1,13 +1,16 @@
 """Importing compiles nothing; a second solve recompiles nothing."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 
-def run(code):
+
+def run(code, timeout=300, **env):
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=timeout, env={**os.environ, **env})
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -94,3 +97,34 @@ def test_warmup_leaves_the_prange_kernels_to_their_first_use_unless_asked():
         print(before, len(pooling.pool_solve_batched.signatures))
     """)
     assert out.strip() == "(1, 0) 1"
+
+
+@pytest.mark.slow
+def test_no_kernel_compiles_numbas_costliest_library_code(tmp_path):
+    """Compile time: no kernel pulls in numba code that costs seconds per new process.
+
+    Slice assignment from an array (its error formatting, ~3.5 s), ``np.linalg.lstsq``
+    (~6 s with that formatting), ``np.linalg.inv``. Every kernel compiles from an empty
+    cache here (minutes), hence slow.
+    """
+    out = run("""
+        from numba.core import event
+        from bilevel import solvers
+
+        costly = ("raise_with_shape_context", "linalg.lstsq", "linalg.inv")
+        found = set()
+
+        class Listener(event.Listener):
+            def on_start(self, ev):
+                fn = getattr((ev.data or {}).get("dispatcher"), "py_func", None)
+                name = f"{fn.__module__}.{fn.__qualname__}" if fn else ""
+                found.update(c for c in costly if c in name)
+
+            def on_end(self, ev):
+                pass
+
+        event.register("numba:compile", Listener())
+        solvers.warmup(parallel=True)
+        print(sorted(found))
+    """, timeout=1200, NUMBA_CACHE_DIR=str(tmp_path))
+    assert eval(out.strip()) == []
