@@ -131,10 +131,11 @@ class Projection(Problem):
     Notes
     -----
     ``x`` has shape ``(..., n)``; ``y*`` has its shape. Solvers
-    (:mod:`bilevel.solvers.projections`): closed forms for the l2 and linf sets, sorting for
-    the l1 sets and the simplex (Duchi et al. 2008; Condat 2016), ``O(n log n)``, exact to
-    round-off. The projection of ``0`` onto the l2 sphere is not unique: ``r 1 / sqrt(n)``
-    is returned, with a zero gradient (margin 0). On the l1 sphere a zero coordinate of an
+    (:mod:`bilevel.solvers.projections`): closed forms for the l2 and linf sets, the
+    threshold of Duchi et al. (2008) for the l1 sets and the simplex, found by Michelot's
+    algorithm (Condat 2016; a few ``O(n)`` passes), exact to round-off. The projection of
+    ``0`` onto the l2 sphere is not unique: ``r 1 / sqrt(n)`` is returned, with a zero
+    gradient (margin 0). On the l1 sphere a zero coordinate of an
     ``x`` inside the ball takes the sign ``+``. ``Solution.info["margin"]`` is the smallest
     relative distance of a row to a kink (a coordinate at the threshold, the norm at the
     radius); :class:`bilevel.torch.Layer` warns with :class:`~bilevel.DegeneracyWarning`

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from bilevel.solvers.assign import assign
+from bilevel.solvers.projections import simplex_tau
 from bilevel.solvers.tv import diff_adjoint, diff_forward
 from bilevel.solvers.tv2d import blur_apply, div2d, grad2d
 
@@ -37,16 +38,12 @@ KIND_CODES = {"euclidean": EUCLIDEAN, "entropy": ENTROPY, "simplex": SIMPLEX, "b
 
 @njit(cache=True)
 def projection_simplex(v):
-    """Euclidean projection of a vector onto the unit simplex (sort-based, exact)."""
-    u = np.sort(v)[::-1]
-    css = 0.0
-    theta = 0.0
-    for j in range(u.shape[0]):
-        css += u[j]
-        t = (css - 1.0) / (j + 1)
-        if u[j] - t > 0:
-            theta = t
-    return np.maximum(v - theta, 0.0)
+    """Euclidean projection of a vector onto the unit simplex (exact, no sorting)."""
+    tau, top = simplex_tau(v, 1.0)
+    out = np.empty_like(v)
+    for i in range(v.shape[0]):
+        out[i] = max((v[i] - top) - tau, 0.0)
+    return out
 
 
 @njit(cache=True)

@@ -16,9 +16,9 @@ code  set         solution
 5     simplex     ``max(x - tau, 0)`` with ``sum y = r``
 ====  ==========  =========================================================================
 
-``tau`` by sorting (Duchi, Shalev-Shwartz, Singer, Chandra, ICML 2008, Figure 1; Condat,
-Math. Program. 2016): with ``mu`` sorted decreasingly, ``rho = max{j : mu_j > (sum_{i<=j}
-mu_i - r) / j}`` and ``tau = (sum_{i<=rho} mu_i - r) / rho``; ``O(n log n)``. ``sign(0)``
+``tau = (sum_{i<=rho} mu_i - r) / rho`` with ``mu`` sorted decreasingly and ``rho = max{j :
+mu_j > (sum_{i<=j} mu_i - r) / j}`` (Duchi, Shalev-Shwartz, Singer, Chandra, ICML 2008),
+found without sorting by Michelot's algorithm (:func:`simplex_tau`). ``sign(0)``
 is taken as ``+1`` on the l1 sphere (a point of ``x`` with a zero coordinate inside the
 ball has two projections; the layer flags it through the margin).
 
@@ -46,8 +46,8 @@ from bilevel.solvers.assign import assign
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "SETS", "proj_batched", "proj_rows", "proj_vjp_batched", "proj_vjp_rows",
-           "softmax_batched", "softmax_rows", "softmax_vjp_batched", "softmax_vjp_rows",
-           "warmup"]
+           "simplex_tau", "softmax_batched", "softmax_rows", "softmax_vjp_batched",
+           "softmax_vjp_rows", "warmup"]
 
 SETS = {"l2_sphere": 0, "l2_ball": 1, "l1_sphere": 2, "l1_ball": 3, "linf_ball": 4,
         "simplex": 5}
@@ -73,8 +73,15 @@ def _norm2(x):
 
 
 @njit(cache=True)
-def _simplex_tau(u, r):
-    """Threshold ``tau`` with ``sum max(u - tau, 0) = r`` (any sign of tau), by sorting.
+def simplex_tau(u, r):
+    """Threshold ``tau`` with ``sum max(u - tau, 0) = r`` (any sign of tau), without sorting.
+
+    Michelot's algorithm (J. Optim. Theory Appl. 1986; Condat, Math. Program. 2016,
+    Algorithm 2): ``tau = (sum_A u - r) / |A|`` over the set ``A`` of entries above the
+    previous ``tau``, from ``A`` = all; ``tau`` only grows, so an entry that leaves ``A``
+    never returns, and ``A`` stops changing after a few passes (``O(n^2)`` at worst). The
+    result is the sort-based formula's ``(sum_{i<=rho} mu_i - r) / rho``, ``A`` its top
+    ``rho`` entries; no ``np.sort``, whose compilation costs every new process seconds.
 
     Computed on ``u - max(u)`` (the threshold is translation-equivariant): return
     ``(tau - max(u), max(u))``. Callers form ``y_i = max((u_i - max u) - (tau - max u), 0)``
@@ -82,18 +89,26 @@ def _simplex_tau(u, r):
     ``sum y = r`` holds to rounding relative to ``r`` even when ``|u| >> r``.
     """
     n = u.shape[0]
-    top = np.max(u)
-    mu = np.sort(u)[::-1] - top
-    css = 0.0
-    rho = 1
-    for j in range(n):
-        css += mu[j]
-        if mu[j] * (j + 1) > css - r:
-            rho = j + 1
+    top = u[0]
+    for i in range(1, n):
+        top = max(top, u[i])
     tot = 0.0
-    for j in range(rho):
-        tot += mu[j]
-    return (tot - r) / rho, top
+    for i in range(n):
+        tot += u[i] - top
+    count = n
+    tau = (tot - r) / count
+    while True:
+        tot = 0.0
+        kept = 0
+        for i in range(n):
+            mu = u[i] - top
+            if mu > tau:
+                tot += mu
+                kept += 1
+        if kept >= count:                       # (> only by rounding)
+            return tau, top
+        count = kept
+        tau = (tot - r) / count
 
 
 @njit(cache=True)
@@ -118,7 +133,7 @@ def _project_row(x, code, r, y):
             y[i] = min(max(x[i], -r), r)
         return r, 0.0
     if code == 5:
-        tau, top = _simplex_tau(x, r)
+        tau, top = simplex_tau(x, r)
         s = 0.0
         for i in range(n):
             y[i] = max((x[i] - top) - tau, 0.0)
@@ -128,7 +143,7 @@ def _project_row(x, code, r, y):
     if code == 3 and l1 <= r:
         assign(y, x)
         return 0.0, 0.0
-    tau, top = _simplex_tau(np.abs(x), r)
+    tau, top = simplex_tau(np.abs(x), r)
     s = 0.0
     for i in range(n):
         w = max((abs(x[i]) - top) - tau, 0.0)
