@@ -71,7 +71,9 @@ def _min_norm_solve(G, r):
     on the range of ``G`` the error shrinks by ``delta / (sigma + delta)`` per step, and
     ``d`` stays in that range (iterated Tikhonov regularization: Engl, Hanke, Neubauer,
     "Regularization of Inverse Problems", 1996, chapter 5). Three steps shrink the error by
-    ``1e-12`` where ``sigma > 1e-8 max G_jj``.
+    ``1e-12`` where ``sigma > 1e-8 max G_jj``. For ``r`` outside the range (no solution)
+    the part of ``d`` in the null space grows like ``1 / delta``: the caller's gap test
+    then rejects the candidate.
     """
     k = r.shape[0]
     delta = 0.0
@@ -95,8 +97,9 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     """Exact minimizer on the support and signs of ``w``.
 
     A singular system (collinear active features: the minimizers form an affine set) is
-    solved by the least-squares correction of ``w`` closest to it, so the signs tend to
-    survive; the caller keeps the result only if it lowers the duality gap.
+    solved by the smallest correction of ``w`` that solves it (:func:`_min_norm_solve`), so
+    the signs tend to survive; the caller keeps the result only if it lowers the duality
+    gap.
     """
     n = y.shape[0]
     support = np.flatnonzero(w)
