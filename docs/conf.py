@@ -8,6 +8,7 @@ example takes it.
 
 import ast
 import importlib.metadata
+import os
 import shutil
 import sys
 import time
@@ -80,20 +81,20 @@ def _argv(gallery_conf, script_vars):
     if names is not None:
         names["__file__"] = str(src)
         names["__doc__"] = ast.get_docstring(ast.parse(text)) or ""
-    _SINCE[0] = time.time()
     quick = ["--quick"] if '"--quick"' in text else []
     return quick + QUICK_ARGS.get(src.name, [])
-
-
-_SINCE = [0.0]   # when the running example (or its last code block) started
 
 
 class _Figures:
     """Image scraper: the PNG figures an example writes under ``examples/out``.
 
-    The examples save their figures to files (and close them); this scraper shows those
-    written since the example started, in the order they were written.
+    The examples save their figures to files named after themselves (and close them);
+    this scraper shows those the running example wrote since its last code block, in the
+    order they were written. The names keep examples run side by side apart.
     """
+
+    def __init__(self):
+        self.shown = {}       # figure path -> modification time already shown
 
     def __repr__(self):
         return "bilevel_png_files"
@@ -101,14 +102,20 @@ class _Figures:
     def __call__(self, block, block_vars, gallery_conf):
         from sphinx_gallery.scrapers import figure_rst
 
-        new = sorted((p for p in OUT.rglob("*.png") if p.stat().st_mtime >= _SINCE[0]),
+        stem = Path(block_vars["src_file"]).stem
+        new = sorted((p for p in OUT.glob(f"{stem}*.png")
+                      if self.shown.get(p) != p.stat().st_mtime
+                      and p.stat().st_mtime >= _STARTED),
                      key=lambda p: p.stat().st_mtime)
         paths = []
         for png, target in zip(new, block_vars["image_path_iterator"]):
+            self.shown[png] = png.stat().st_mtime
             shutil.copyfile(png, target)
             paths.append(target)
-        _SINCE[0] = time.time()
         return figure_rst(paths, gallery_conf["src_dir"])
+
+
+_STARTED = time.time()   # figures older than this build are a previous build's
 
 
 sphinx_gallery_conf = {
@@ -124,5 +131,8 @@ sphinx_gallery_conf = {
     "min_reported_time": 1,
     "write_computation_times": False,
     "abort_on_example_error": False,
+    # One example per CPU, each in its own process (joblib); the build is otherwise
+    # single-threaded, and the examples are most of its time.
+    "parallel": os.cpu_count() or 1,
     "show_memory": False,
 }

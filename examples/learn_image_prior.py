@@ -36,7 +36,8 @@ the patches). Training images and held-out images are disjoint sets of scikit-im
 bundled images.
 
 Run: ``python examples/learn_image_prior.py [--quick] [--out DIR]``; prints a PSNR table on
-the held-out images and writes ``DIR/image_prior.png`` (learned filters and restorations).
+the held-out images and writes ``DIR/learn_image_prior.png`` (learned filters and
+restorations; ``DIR`` defaults to ``examples/out``).
 
 References: S. Roth, M. J. Black, "Fields of Experts", IJCV 2009; Y. Chen, R. Ranftl,
 T. Pock, "Insights into analysis operator learning", IEEE TIP 2014; K. Kunisch, T. Pock,
@@ -265,8 +266,9 @@ def run(sigma, blur, train_clean, test_clean, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run (well under a minute)")
-    parser.add_argument("--out", type=Path, default=Path("examples/out"),
-                        help="folder of the figure image_prior.png")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
+                        help="folder of the figure learn_image_prior.png (default: "
+                             "examples/out)")
     parser.add_argument("--rho", nargs="+", choices=tuple(LABELS), default=None,
                         help="penalties (default: student_t smooth_l1; l1 starts from "
                              "smooth_l1 and costs a few minutes more per row)")
@@ -281,7 +283,8 @@ def main(argv=None):
     parser.add_argument("--l1-iters", type=int, default=None, help="L-BFGS iterations, l1")
     parser.add_argument("--l1-terms", type=int, default=300,
                         help="Neumann terms of the l1 hypergradient")
-    parser.add_argument("--tv-iters", type=int, default=8, help="L-BFGS iterations, TV's lam")
+    parser.add_argument("--tv-iters", type=int, default=None,
+                        help="L-BFGS iterations, TV's lam (default: 4 quick, 8 full)")
     parser.add_argument("--filters", type=int, default=8, help="number of filters")
     parser.add_argument("--filter-size", type=int, default=3, help="odd filter width")
     parser.add_argument("--scale", type=float, default=10.0,
@@ -296,6 +299,7 @@ def main(argv=None):
     args.rho = args.rho or ["student_t", "smooth_l1"]
     args.iters = args.iters or (20 if q else 60)
     args.l1_iters = args.l1_iters or 10
+    args.tv_iters = args.tv_iters or (4 if q else 8)
     sigmas = args.sigmas if args.sigmas is not None else ((25,) if q else (15, 25))
     blur = None if (args.no_blur or (q and args.blur is None)) else (args.blur or (1.0, 5))
     if not sigmas and blur is None:
@@ -369,7 +373,7 @@ def save_figure(args, row, clean):
         ax.set_title(f"{title}\n{psnr(img, clean[1]):.2f} dB", fontsize=7)
     fig.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "image_prior.png"
+    path = args.out / "learn_image_prior.png"
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
