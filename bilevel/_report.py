@@ -36,7 +36,8 @@ class CompareReport:
         and either ``skipped`` (the reason) with
         ``missing`` (the capabilities it lacks), or ``failed`` (the error it raised, e.g. a
         singular system), or
-        ``grad``, ``error``, ``time`` (median seconds), ``peak_bytes``, ``iterations``,
+        ``grad``, ``error``, ``time`` (median seconds), ``runs`` (timed runs),
+        ``peak_bytes``, ``iterations``,
         ``residual`` and, with budgets, ``trace`` (budget, error) pairs.
     """
 

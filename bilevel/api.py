@@ -344,7 +344,7 @@ def _resolve_list(strategies, problem, registry):
 
 
 def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5,
-            budgets=None, log_scale=False, executor=None):
+            max_time=1.0, budgets=None, log_scale=False, executor=None):
     """Run several strategies on one instance against a reference hypergradient.
 
     Parameters
@@ -363,7 +363,11 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
         "auto": the closed form (``analytic``) when the problem has one, else fourth-order
         finite differences (of ``x*``, or of ``p`` for the optimal value).
     repeat : int
-        Timed runs per strategy; the median is reported.
+        Timed runs per strategy, at most; the median is reported.
+    max_time : float
+        Seconds: a strategy's timed runs stop once they have taken this long together
+        (after the first), so that a slow strategy is not run ``repeat`` times. Each row
+        records its number of timed runs (``runs``).
     budgets : list of int, optional
         For iterative strategies, the relative error at each value of their budget knob
         (iterations, steps, terms), for :meth:`CompareReport.plot`.
@@ -380,13 +384,12 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
     """
     if isinstance(problem, InstanceSum):
         return _compare_instances(problem, loss, theta, strategies, reference, repeat,
-                                  budgets, log_scale, executor)
+                                  max_time, budgets, log_scale, executor)
     if executor is not None:
         raise ValueError("executor applies to an InstanceSum problem (many instances); "
                          "pass executor=None for a single problem")
     check_problem(problem)
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    _check_timing(repeat, max_time)
     solve_times = []
     for _ in range(repeat):
         sol = problem.solve(theta)
@@ -420,7 +423,8 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
 
     rows = []
     for strat in _resolve_list(strategies, problem, registry):
-        row, out = _timed_row(strat, lambda s: check_applicable(s, problem), full, repeat)
+        row, out = _timed_row(strat, lambda s: check_applicable(s, problem), full, repeat,
+                              max_time)
         rows.append(row)
         if out is None:
             continue
@@ -444,7 +448,7 @@ def compare(problem, loss, theta, strategies=None, reference="auto", *, repeat=5
                          log_scale=log_scale, rows=rows)
 
 
-def _compare_instances(total, loss, theta, strategies, reference, repeat, budgets,
+def _compare_instances(total, loss, theta, strategies, reference, repeat, max_time, budgets,
                        log_scale, executor):
     """:func:`compare` on an :class:`~bilevel.InstanceSum`, through ``executor``."""
     if loss is not None:
@@ -453,8 +457,7 @@ def _compare_instances(total, loss, theta, strategies, reference, repeat, budget
     if budgets is not None:
         raise ValueError("budgets traces one instance: compare one of the InstanceSum's "
                          "instances with budgets, or drop budgets")
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    _check_timing(repeat, max_time)
     problems = [p for p, _ in total.instances]
     for p in problems:
         check_problem(p)
@@ -479,7 +482,7 @@ def _compare_instances(total, loss, theta, strategies, reference, repeat, budget
 
     rows = []
     for strat in _resolve_list(strategies, problems[0], STRATEGIES):
-        row, out = _timed_row(strat, applies, run, repeat)
+        row, out = _timed_row(strat, applies, run, repeat, max_time)
         rows.append(row)
         if out is not None:
             g, info = out
@@ -493,8 +496,17 @@ def _compare_instances(total, loss, theta, strategies, reference, repeat, budget
                          solve_label="reference, all instances")
 
 
-def _timed_row(strat, applies, run, repeat):
-    """Start a compare row: ``(row, (grad, info))`` timed over ``repeat`` runs of ``run``.
+def _check_timing(repeat, max_time):
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if not max_time >= 0:
+        raise ValueError(f"max_time must be >= 0 seconds, got {max_time}")
+
+
+def _timed_row(strat, applies, run, repeat, max_time):
+    """Start a compare row: ``(row, (grad, info))``, ``run`` timed ``repeat`` times at most.
+
+    The runs stop once they have taken ``max_time`` seconds together (after the first).
 
     A strategy that ``applies`` refuses gives a ``skipped`` row, one that meets a singular
     system a ``failed`` row; both come with None in place of the result.
@@ -506,13 +518,13 @@ def _timed_row(strat, applies, run, repeat):
         return {**row, "skipped": str(exc), "missing": list(exc.missing)}, None
     times = []
     try:
-        for _ in range(repeat):
+        while not times or (len(times) < repeat and sum(times) < max_time):
             start = time.perf_counter()
             out = run(strat)
             times.append(time.perf_counter() - start)
     except SingularSystemError as exc:
         return {**row, "failed": f"{type(exc).__name__}: {exc}"}, None
-    row["time"] = float(np.median(times))
+    row.update(time=float(np.median(times)), runs=len(times))
     return row, out
 
 

@@ -184,7 +184,8 @@ def _compare(args):
     label, problem, loss, theta, log_scale = _task(args)
     with limit_threads(args.threads):
         report = bl.compare(problem, loss, theta, strategies=strategies,
-                            repeat=args.repeat, log_scale=log_scale and not args.linear,
+                            repeat=args.repeat, max_time=args.max_time,
+                            log_scale=log_scale and not args.linear,
                             budgets=(args.budgets or list(_DEFAULT_BUDGETS)) if args.plot
                             else None)
     # A skipped row shows "skipped: needs <missing>": never with an empty reason.
@@ -316,7 +317,9 @@ def _parser():
                        help="hypergradient of the upper loss by every strategy")
     p.add_argument("--strategies", default="all", help="comma-separated names, or 'all'")
     p.add_argument("--repeat", type=_positive(int), default=3,
-                   help="timed runs per strategy (median)")
+                   help="timed runs per strategy (median), at most")
+    p.add_argument("--max-time", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="a strategy's timed runs stop once they have taken this long")
     p.add_argument("--threads", type=_positive(int), default=1,
                    help="BLAS, torch and numba threads during the run (one keeps timings of "
                    "small problems stable)")

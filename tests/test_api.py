@@ -37,6 +37,24 @@ def test_rows_and_errors(ridge_report):
     assert trace[0] > trace[-1]                              # more steps, smaller error
 
 
+@pytest.mark.parametrize("max_time, runs", [(0.0, 1), (np.inf, 3)])
+def test_max_time_bounds_the_timed_runs(max_time, runs):
+    X, y = regression_data(30, 3, seed=3)
+    Xv, yv = regression_data(10, 3, seed=4)
+    report = bl.compare(bl.problems.Ridge(X, y), bl.losses.SquaredError(Xv, yv), 0.3,
+                        ["analytic", "implicit"], repeat=3, max_time=max_time)
+    assert [row["runs"] for row in report.rows] == [runs, runs]
+
+
+@pytest.mark.parametrize("kwargs, message", [({"repeat": 0}, "repeat must be >= 1"),
+                                             ({"max_time": -1.0}, "max_time must be >= 0"),
+                                             ({"max_time": np.nan}, "max_time must be >= 0")])
+def test_compare_refuses_bad_timing_arguments(kwargs, message):
+    X, y = regression_data(30, 3, seed=3)
+    with pytest.raises(ValueError, match=message):
+        bl.compare(bl.problems.Ridge(X, y), bl.losses.SquaredError(X, y), 0.3, **kwargs)
+
+
 def test_exports(ridge_report, tmp_path):
     data = json.loads(ridge_report.to_json())
     assert data["reference"] == "analytic" and len(data["rows"]) == 8

@@ -98,6 +98,7 @@ BAD_USAGE = [
     (["compare", "--budgets", "1", "2"], "add --plot"),
     (["compare", "--repeat", "0"], "--repeat: must be a positive int"),
     (["compare", "--threads", "0"], "--threads: must be a positive int"),
+    (["compare", "--max-time", "-1"], "--max-time: must be a positive float"),
     (["minimize", "--steps", "0"], "--steps: must be a positive int"),
     (["minimize", "--lr", "-1"], "--lr: must be a positive float"),
     (["minimize", "--problem", "logistic", "--dataset", "diabetes"], "--dataset breast_cancer"),
