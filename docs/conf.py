@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +58,10 @@ numpydoc_validation_checks = set()
 # sphinx-gallery's callables below cannot be pickled into the environment: they are
 # re-read from this file on every build, which is what a fresh CI build does anyway.
 suppress_warnings = ["config.cache"]
+# joblib's worker processes (the gallery's "parallel" below) restart once their memory has
+# grown by 300 MB, which torch and the numba kernels do; the job goes on in a new worker.
+warnings.filterwarnings("ignore", "A worker stopped while some jobs were given to the "
+                        "executor", UserWarning)
 
 # The examples run in quick mode: sphinx-gallery hands each one the arguments below.
 OUT = EXAMPLES / "out"          # where the examples write their figures (git-ignored)
