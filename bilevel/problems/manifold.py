@@ -27,21 +27,19 @@ def restricted_solver(H, what, remedy):
     ``remedy``, unless ``pinv``: then the pseudo-inverse.
     """
     import scipy.linalg  # lazily: keeps `import bilevel` light
+    from scipy.linalg import lapack
 
     k = H.shape[0]
     factor, rcond = None, 1.0
-    if k:
-        try:
-            factor = scipy.linalg.cho_factor(H, lower=False)
-            rcond = scipy.linalg.lapack.dpocon(factor[0], np.abs(H).sum(axis=0).max())[0]
-        except np.linalg.LinAlgError:
-            rcond = 0.0
+    if k:       # LAPACK directly: scipy.linalg's checked wrappers cost more than k = 30 does
+        factor, failed = lapack.dpotrf(H, lower=0)
+        rcond = 0.0 if failed else lapack.dpocon(factor, np.abs(H).sum(axis=0).max())[0]
 
     def solve(b, pinv=False):
         if not k:
             return np.zeros(0)
         if rcond > RCOND_MIN:
-            return scipy.linalg.cho_solve(factor, b)
+            return lapack.dpotrs(factor, b, lower=0)[0]
         if not pinv:
             raise SingularSystemError(
                 f"the Hessian restricted to {what} is singular (reciprocal condition "
