@@ -93,9 +93,10 @@ def _argv(gallery_conf, script_vars):
 class _Figures:
     """Image scraper: the PNG figures an example writes under ``examples/out``.
 
-    The examples save their figures to files named after themselves (and close them);
-    this scraper shows those the running example wrote since its last code block, in the
-    order they were written. The names keep examples run side by side apart.
+    The examples save their figures to files named after themselves (``<example>.png`` or
+    ``<example>_*.png``) and close them; this scraper shows those the running example wrote
+    since its last code block, in the order they were written. The names keep examples run
+    side by side apart.
     """
 
     def __init__(self):
@@ -108,8 +109,9 @@ class _Figures:
         from sphinx_gallery.scrapers import figure_rst
 
         stem = Path(block_vars["src_file"]).stem
-        new = sorted((p for p in OUT.glob(f"{stem}*.png")
-                      if self.shown.get(p) != p.stat().st_mtime
+        new = sorted((p for p in OUT.glob("*.png")
+                      if (p.stem == stem or p.stem.startswith(stem + "_"))
+                      and self.shown.get(p) != p.stat().st_mtime
                       and p.stat().st_mtime >= _STARTED),
                      key=lambda p: p.stat().st_mtime)
         paths = []
