@@ -11,138 +11,163 @@ Stopping rule: the duality gap with the dual point ``theta_i = y_i a_i / (n s)``
 ``a_i = sigmoid(-y_i x_i^T w)`` rescaled by ``s`` to feasibility ``|X^T theta| <= lam``,
 ``D = mean_i H(a_i / s)`` (binary entropy), relative to ``P(0) = log 2``. Once the gap is
 small, Newton's method on the current support and signs gives ``w*`` to round-off.
+
+The outer loop is NumPy around the jitted
+:func:`~bilevel.solvers.coordinate_descent.enet_cd`, which does all the per-coordinate
+work: a few outer steps cost a few NumPy calls each, while a jitted outer loop would link a
+second copy of ``enet_cd`` and its callees into its own machine code, about 20 s of
+compilation in every new cache for no speed (the Lasso shares the one ``enet_cd``).
 """
 
 import numpy as np
-from numba import njit
 
-from bilevel.solvers.cholesky import cholesky_solve
-from bilevel.solvers.columns import col_dot, col_sq_norms, dense_columns, matvec
+from bilevel._threads import serial_blas
 from bilevel.solvers.coordinate_descent import designs, enet_cd
 
-__all__ = ["KERNELS", "logistic_l1_gap", "logistic_l1_prox_newton", "warmup"]
+__all__ = ["KERNELS", "logistic_l1_prox_newton", "warmup"]
 
 _POLISH_GAP = 1e-3
 _POLISH_MAX = 2000
 _LOG2 = np.log(2.0)
+_TINY = np.finfo(np.float64).tiny
+_BELOW_ONE = 1.0 - np.finfo(np.float64).epsneg
+
+#: No jitted kernel of its own: the subproblems run in coordinate_descent's.
+KERNELS = ()
 
 
-@njit(cache=True)
-def _softplus(t):
-    if t > 0:
-        return t + np.log1p(np.exp(-t))
-    return np.log1p(np.exp(t))
+class _Columns:
+    """A design ``X`` (n, p) with the products the outer loop needs.
+
+    Built from the column kernels' ``(Xt, data, indices, indptr, sparse)``
+    (:mod:`bilevel.solvers.columns`).
+    """
+
+    def __init__(self, Xt, data, indices, indptr, sparse, n, p):
+        self.Xt, self.data, self.indices, self.indptr = Xt, data, indices, indptr
+        self.sparse, self.n, self.p = sparse, n, p
+        if sparse:
+            import scipy.sparse
+
+            self.X = scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, p))
+            self.col_of_entry = np.repeat(np.arange(p), np.diff(indptr))
+        else:
+            self.X = Xt.T
+
+    def matvec(self, w):
+        """``X @ w`` over the non-zero entries of ``w``."""
+        nonzero = np.flatnonzero(w)
+        return self.columns(nonzero) @ w[nonzero]
+
+    def rmatvec(self, r):
+        """``X^T r``."""
+        return self.X.T @ r
+
+    def columns(self, cols):
+        """Return the dense columns ``X[:, cols]``, shape (n, len(cols))."""
+        return self.X[:, cols].toarray() if self.sparse else self.Xt[cols].T
+
+    def scaled_rows(self, rows):
+        """Return the kernel arguments and squared column norms of ``diag(rows) X``."""
+        if self.sparse:
+            data = self.data * rows[self.indices]
+            sq_norms = np.bincount(self.col_of_entry, weights=data * data, minlength=self.p)
+            return (self.Xt, data, self.indices, self.indptr, True), sq_norms
+        Xt = self.Xt * rows
+        return (Xt, self.data, self.indices, self.indptr, False), np.einsum("ij,ij->i", Xt, Xt)
 
 
-@njit(cache=True)
-def _entropy(t):
-    out = 0.0
-    if t > 0.0:
-        out -= t * np.log(t)
-    if t < 1.0:
-        out -= (1.0 - t) * np.log1p(-t)
-    return out
-
-
-@njit(cache=True)
-def _primal(z, y, lam, w):
-    total = 0.0
-    for i in range(z.shape[0]):
-        total += _softplus(-y[i] * z[i])
-    return total / z.shape[0] + np.dot(lam, np.abs(w))
-
-
-@njit(cache=True)
 def _weights(z, y):
-    """``a_i = sigmoid(-y_i z_i)``."""
-    a = np.empty(z.shape[0])
-    for i in range(z.shape[0]):
-        a[i] = 1.0 / (1.0 + np.exp(y[i] * z[i]))
-    return a
+    """``a_i = sigmoid(-y_i z_i)``, without overflow."""
+    return np.exp(-np.logaddexp(0.0, y * z))
 
 
-@njit(cache=True)
-def logistic_l1_gap(z, y, lam, w, grad):
-    """Duality gap at ``w`` given margins ``z = Xw`` and ``grad = X^T(-y a)/n``."""
-    n = z.shape[0]
-    scale = 1.0
-    for j in range(w.shape[0]):
-        scale = max(scale, abs(grad[j]) / lam[j])
+def _data_term(z, y):
+    """``mean_i log(1 + exp(-y_i z_i))``."""
+    return np.logaddexp(0.0, -y * z).sum() / y.shape[0]
+
+
+def _primal(z, y, lam, w):
+    return _data_term(z, y) + np.dot(lam, np.abs(w))
+
+
+def _state(design, y, lam, w, z):
+    """Return ``a``, the data term's gradient, the energy and the duality gap at ``w``.
+
+    ``z = Xw`` are the margins, ``a = sigmoid(-y z)`` and the gradient ``X^T(-y a)/n``; the
+    gap is the module docstring's.
+    """
+    n = y.shape[0]
     a = _weights(z, y)
-    dual = 0.0
-    for i in range(n):
-        dual += _entropy(a[i] / scale)
-    return _primal(z, y, lam, w) - dual / n
+    grad = design.rmatvec(-y * a) / n
+    energy = _primal(z, y, lam, w)
+    t = a / max(1.0, np.max(np.abs(grad) / lam))
+    # Binary entropy H(t) = -t log t - (1 - t) log(1 - t), 0 at t = 0 and t = 1.
+    dual = -(t @ np.log(np.maximum(t, _TINY))
+             + (1.0 - t) @ np.log1p(-np.minimum(t, _BELOW_ONE))) / n
+    return a, grad, energy, energy - dual
 
 
-@njit(cache=True)
-def _gradient(Xt, data, indices, indptr, sparse, y, z, p):
-    n = z.shape[0]
-    a = _weights(z, y)
-    ya = -y * a
-    if not sparse:
-        return a, Xt @ ya / n
-    grad = np.empty(p)
-    for j in range(p):
-        grad[j] = col_dot(j, Xt, data, indices, indptr, sparse, ya) / n
-    return a, grad
+def _cholesky_solve(H, b):
+    """Return ``H^{-1} b`` for a symmetric positive definite ``H``.
+
+    None at a pivot below ``1e-14 |H_jj|``: ``H`` is not numerically positive definite.
+    """
+    from scipy.linalg import lapack  # LAPACK directly: the checked wrappers cost more
+
+    factor, failed = lapack.dpotrf(H, lower=0)
+    if failed or np.any(np.diag(factor) ** 2 <= 1e-14 * (np.abs(np.diag(H)) + 1e-300)):
+        return None
+    return lapack.dpotrs(factor, b, lower=0)[0]
 
 
-@njit(cache=True)
-def _polish(Xt, data, indices, indptr, sparse, y, lam, w):
-    """Newton's method on the support and signs of ``w``; ``ok`` False if it leaves them."""
+def _polish(design, y, lam, w):
+    """Newton's method on the support ``S`` and signs ``s`` of ``w``.
+
+    It minimizes the smooth energy of the support, ``mean softplus(-y * X_S w_S) +
+    (lam_S s)^T w_S``, which equals the l1 energy on the orthant of ``s``; its minimizer is
+    ``w*_S`` when the support is right. ``ok`` is False when it leaves that orthant (a wrong
+    support) or the Hessian is singular.
+    """
     n = y.shape[0]
     support = np.flatnonzero(w)
     k = support.shape[0]
     if k == 0 or k > _POLISH_MAX:
         return w, False
-    XS = dense_columns(Xt, data, indices, indptr, sparse, support, n)
-    wS = w[support].copy()
+    XS = design.columns(support)
+    wS = w[support]
     signs = np.sign(wS)
-    lamS = lam[support] * signs
-    z = XS.T @ wS
-    energy = _primal(z, y, lam[support], wS)
+    linear = lam[support] * signs
+    z = XS @ wS
+    energy = _data_term(z, y) + np.dot(linear, wS)
     for _ in range(30):
         a = _weights(z, y)
-        g = XS @ (-y * a) / n + lamS
+        g = XS.T @ (-y * a) / n + linear
         if np.max(np.abs(g)) < 1e-15:
             break
-        Xd = XS * np.sqrt(a * (1.0 - a) / n)
-        step, ok = cholesky_solve(Xd @ Xd.T, g)
-        if not ok:
+        Xd = XS * np.sqrt(a * (1.0 - a) / n)[:, None]
+        step = _cholesky_solve(Xd.T @ Xd, g)
+        if step is None:
             return w, False
         t = 1.0
         for _ in range(40):
             cand = wS - t * step
-            z_new = XS.T @ cand
-            e_new = _primal(z_new, y, lam[support], cand)
+            z_new = XS @ cand
+            e_new = _data_term(z_new, y) + np.dot(linear, cand)
             if e_new <= energy - 1e-4 * t * np.dot(g, step) + 1e-15 * abs(energy):
                 break
             t *= 0.5
-        if np.any(np.sign(cand) != signs):
-            return w, False
         decrease = energy - e_new
         wS, z, energy = cand, z_new, e_new
         if decrease <= 1e-16 * abs(energy):
             break
+    if np.any(np.sign(wS) != signs):
+        return w, False
     out = np.zeros_like(w)
-    for a in range(k):
-        out[support[a]] = wS[a]
+    out[support] = wS
     return out, True
 
 
-@njit(cache=True)
-def _weighted_design(Xt, data, indices, indptr, sparse, rows):
-    """Return the design with row ``i`` scaled by ``rows[i]``, in the same representation."""
-    if sparse:
-        scaled = data.copy()
-        for k in range(data.shape[0]):
-            scaled[k] *= rows[indices[k]]
-        return Xt, scaled
-    return Xt * rows, data
-
-
-@njit(cache=True)
 def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, max_iter):
     """Minimize the l1-logistic energy from ``w0`` (``lam`` per feature, > 0).
 
@@ -155,14 +180,20 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
 
     Returns ``(w, n_iter, gap, polished, grad)``: proximal Newton steps, the final duality
     gap relative to ``log 2``, whether ``w`` comes from the exact Newton solve on its support,
-    and the data term's gradient at ``w``.
+    and the data term's gradient at ``w``. BLAS runs on one thread: its products here are
+    vector-sized, and idle OpenBLAS threads spinning between them slow the kernel down
+    (3x on 2 busy cores).
     """
-    n = y.shape[0]
-    p = w0.shape[0]
+    with serial_blas():
+        return _prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, max_iter)
+
+
+def _prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, max_iter):
+    n, p = y.shape[0], w0.shape[0]
+    design = _Columns(Xt, data, indices, indptr, sparse, n, p)
     w = w0.copy()
-    z = matvec(Xt, data, indices, indptr, sparse, w, n)
-    a, grad = _gradient(Xt, data, indices, indptr, sparse, y, z, p)
-    gap = logistic_l1_gap(z, y, lam, w, grad)
+    z = design.matvec(w)
+    a, grad, energy, gap = _state(design, y, lam, w, z)
     polished = False
     last_polish = np.full(p, -2.0)
     no_ridge = np.zeros(p)
@@ -171,31 +202,29 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
         signs = np.sign(w)
         if gap / _LOG2 < _POLISH_GAP and not polished and np.any(signs != last_polish):
             last_polish = signs
-            cand, ok = _polish(Xt, data, indices, indptr, sparse, y, lam, w)
+            cand, ok = _polish(design, y, lam, w)
             if ok:
-                z2 = matvec(Xt, data, indices, indptr, sparse, cand, n)
-                a2, grad2 = _gradient(Xt, data, indices, indptr, sparse, y, z2, p)
-                gap2 = logistic_l1_gap(z2, y, lam, cand, grad2)
-                if gap2 < gap:
-                    w, z, a, grad, gap, polished = cand, z2, a2, grad2, gap2, True
+                z2 = design.matvec(cand)
+                state = _state(design, y, lam, cand, z2)
+                if state[3] < gap:
+                    w, z, polished = cand, z2, True
+                    a, grad, energy, gap = state
         if gap / _LOG2 <= tol or it >= max_iter:
             break
         it += 1
         polished = False
         # Curvature weights clipped away from 0: any positive metric keeps the step a
         # descent direction, and extreme margins keep a finite model.
-        clipped = np.minimum(np.maximum(a, 1e-12), 1.0 - 1e-12)
+        clipped = np.clip(a, 1e-12, 1.0 - 1e-12)
         rows = np.sqrt(clipped * (1.0 - clipped))
         target = rows * z + y * a / rows
-        Xt_w, data_w = _weighted_design(Xt, data, indices, indptr, sparse, rows)
+        weighted, sq_norms = design.scaled_rows(rows)
         inner_tol = max(min(1e-1 * gap / _LOG2, 1e-2), 1e-8)
-        u = enet_cd(Xt_w, data_w, indices, indptr, sparse,
-                    col_sq_norms(Xt_w, data_w, indices, indptr, sparse, p), target, lam,
-                    no_ridge, w, inner_tol, np.int64(100_000))[0]
+        u = enet_cd(*weighted, sq_norms, target, lam, no_ridge, w, inner_tol,
+                    np.int64(100_000))[0]
         d = u - w
-        Xd = matvec(Xt, data, indices, indptr, sparse, d, n)
+        Xd = design.matvec(d)
         # Backtracking on the energy along d.
-        energy = _primal(z, y, lam, w)
         decrease = np.dot(grad, d) + np.dot(lam, np.abs(u)) - np.dot(lam, np.abs(w))
         t = 1.0
         for _ in range(40):
@@ -206,21 +235,19 @@ def logistic_l1_prox_newton(Xt, data, indices, indptr, sparse, y, lam, w0, tol, 
                 break
             t *= 0.5
         w, z = cand, z_new
-        a, grad = _gradient(Xt, data, indices, indptr, sparse, y, z, p)
-        gap = logistic_l1_gap(z, y, lam, w, grad)
+        a, grad, energy, gap = _state(design, y, lam, w, z)
     return w, it, gap / _LOG2, polished, grad
 
 
-KERNELS = (logistic_l1_gap, logistic_l1_prox_newton)
-
-
 def warmup(parallel=True):
-    """Compile this module's kernels once on a tiny float64 instance, dense and sparse.
+    """Run the solver once on a tiny instance, dense and sparse.
 
-    ``parallel`` is unused: this module has no ``prange`` kernels.
+    It compiles (or loads) :func:`~bilevel.solvers.coordinate_descent.enet_cd`, the one
+    kernel it calls.
+
+    ``parallel`` is unused: there is no ``prange`` kernel here.
     """
     X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
     y, w0, lam = np.array([1.0, -1.0, 1.0]), np.zeros(2), np.full(2, 0.1)
     for design in designs(X):
         logistic_l1_prox_newton(*design, y, lam, w0, 1e-8, 50)
-        logistic_l1_gap(X @ w0, y, lam, w0, X.T @ y)
