@@ -98,8 +98,9 @@ def main():
              (f"image prior, {n_images} images {size}x{size}",
               *image_instances(n_images, size), "implicit")]
     rows, checks = [], []
+    # The scheduler's HTTP server on a free port: ":0", not None, which still takes 8787.
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         for label, total, theta, strategy in cases:
 
             def serial(total=total, theta=theta, strategy=strategy):

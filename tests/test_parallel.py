@@ -91,9 +91,11 @@ def test_spawned_process_pool_is_bitwise_serial():
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    # Two worker processes of one thread on the loopback interface, no dashboard.
+    # Two worker processes of one thread on the loopback interface; the scheduler's HTTP
+    # server on a free port (":0"), so that two clusters at once (xdist workers) do not
+    # both ask for 8787 (dashboard_address=None still takes it, with a warning).
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address=":0")
     client = distributed.Client(cluster)
     yield client
     client.close()
