@@ -544,7 +544,7 @@ class QP(Problem):
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
-        """Apply the active-set formula of the class docstring (the batched kernel, one row)."""
+        """Apply the active-set formula of the class docstring (the single-row kernel)."""
         c, h = self._split(solution.theta)
         grads, _ = self._active_vjp(c[None], h[None], solution.x[None],
                                     np.asarray(v, dtype=np.float64)[None])
@@ -591,10 +591,16 @@ class QP(Problem):
 
     def _active_vjp(self, C, H, X, V):
         """Return the active-set closed form on rows ``(C, H, X, V)``: ``(grads, margins)``."""
-        kernel = _kernel("qp_active_vjp", C.shape[0], self.G.size)
-        GC, GH, margins, ok = kernel(self._Qinv, self.G, np.ascontiguousarray(C),
-                                     np.ascontiguousarray(H), np.ascontiguousarray(X),
-                                     np.ascontiguousarray(V), _ACTIVE_TOL)
+        C, H, X, V = (np.ascontiguousarray(a, dtype=np.float64) for a in (C, H, X, V))
+        if C.shape[0] == 1:     # one row: the single kernel, no batch kernel to compile
+            from bilevel.solvers.qp import qp_active_vjp
+
+            gc, gh, margin, good = qp_active_vjp(self._Qinv, self.G, H[0], C[0], X[0], V[0],
+                                                 _ACTIVE_TOL)
+            GC, GH, margins, ok = gc[None], gh[None], np.array([margin]), np.array([good])
+        else:
+            kernel = _kernel("qp_active_vjp", C.shape[0], self.G.size)
+            GC, GH, margins, ok = kernel(self._Qinv, self.G, C, H, X, V, _ACTIVE_TOL)
         if not np.all(ok):
             raise SingularSystemError(
                 f"QP: the active constraints are linearly dependent in {int(np.sum(~ok))} "
@@ -802,7 +808,7 @@ class NNLS(Problem):
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
-        """``A_F (A_F^T A_F)^{-1} v_F`` (one row of the batched kernel)."""
+        """``A_F (A_F^T A_F)^{-1} v_F`` (the single-row kernel)."""
         b = np.asarray(_bare(solution.theta), dtype=np.float64)
         grads, _ = self._free_vjp(b[None], solution.x[None],
                                   np.asarray(v, dtype=np.float64)[None])
@@ -823,9 +829,15 @@ class NNLS(Problem):
 
     def _free_vjp(self, B, X, V):
         """``A_F (A_F^T A_F)^{-1} v_F`` on rows ``(B, X, V)``: ``((grad_B,), margins)``."""
-        kernel = _kernel("nnls_active_vjp", B.shape[0], self.A.size)
-        G, margins, ok = kernel(self.A, np.ascontiguousarray(B), np.ascontiguousarray(X),
-                                np.ascontiguousarray(V), _ACTIVE_TOL)
+        B, X, V = (np.ascontiguousarray(a, dtype=np.float64) for a in (B, X, V))
+        if B.shape[0] == 1:     # one row: the single kernel, no batch kernel to compile
+            from bilevel.solvers.qp import nnls_active_vjp
+
+            g, margin, good = nnls_active_vjp(self.A, B[0], X[0], V[0], _ACTIVE_TOL)
+            G, margins, ok = g[None], np.array([margin]), np.array([good])
+        else:
+            kernel = _kernel("nnls_active_vjp", B.shape[0], self.A.size)
+            G, margins, ok = kernel(self.A, B, X, V, _ACTIVE_TOL)
         if not np.all(ok):
             raise SingularSystemError(
                 f"NNLS: A restricted to the positive entries is rank-deficient in "

@@ -33,10 +33,10 @@ from bilevel.solvers.assign import assign
 from bilevel.solvers.least_squares import lstsq_qr
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["KERNELS", "nnls_active_vjp_batched", "nnls_active_vjp_rows", "nnls_lawson_hanson",
-           "nnls_lawson_hanson_batched", "nnls_lawson_hanson_rows", "qp_active_vjp_batched",
-           "qp_active_vjp_rows", "qp_goldfarb_idnani", "qp_goldfarb_idnani_batched",
-           "qp_goldfarb_idnani_rows", "warmup"]
+__all__ = ["KERNELS", "nnls_active_vjp", "nnls_active_vjp_batched", "nnls_active_vjp_rows",
+           "nnls_lawson_hanson", "nnls_lawson_hanson_batched", "nnls_lawson_hanson_rows",
+           "qp_active_vjp", "qp_active_vjp_batched", "qp_active_vjp_rows", "qp_goldfarb_idnani",
+           "qp_goldfarb_idnani_batched", "qp_goldfarb_idnani_rows", "warmup"]
 
 # Status codes of the QP solver.
 QP_OPTIMAL, QP_INFEASIBLE, QP_MAX_ITER = 0, 1, 2
@@ -120,12 +120,34 @@ def _chol_apply(L, k, b, out):
 
 
 @njit(cache=True)
-def _gi_core(Qinv, c, G, h, tol, max_iter):
-    """Goldfarb-Idnani on ``Qinv = Q^{-1}``; return ``(x, lam, n_iter, status)``.
+def qp_goldfarb_idnani(Qinv, c, G, h, tol, max_iter):
+    """Solve ``min 1/2 x^T Q x + c^T x`` s.t. ``G x <= h`` (Q SPD), given ``Q^{-1}``.
 
-    Keeps ``QN = Q^{-1} N`` (columns of the active normals ``n_j = -G_j``) and
-    ``M = N^T Q^{-1} N`` up to date as constraints enter and leave, so that a step costs
-    O(n^2 + n k + k^3) in plain loops.
+    Goldfarb-Idnani's dual method keeps ``QN = Q^{-1} N`` (columns of the active normals
+    ``n_j = -G_j``) and ``M = N^T Q^{-1} N`` up to date as constraints enter and leave, so
+    that a step costs O(n^2 + n k + k^3) in plain loops. The caller inverts ``Q`` once per
+    problem (``np.linalg.inv``, outside numba: numba's LAPACK bindings would compile for
+    seconds in every new process).
+
+    Parameters
+    ----------
+    Qinv : ndarray, shape (n, n), the inverse of a symmetric positive definite Q
+    c : ndarray, shape (n,)
+    G : ndarray, shape (m, n)
+    h : ndarray, shape (m,)
+    tol : float
+        Relative feasibility tolerance.
+    max_iter : int
+        Cap on active-set changes.
+
+    Returns
+    -------
+    x : ndarray, shape (n,)
+    lam : ndarray, shape (m,)
+        Multipliers, >= 0, zero off the active set.
+    n_iter : int
+    status : int
+        0 optimal, 1 infeasible, 2 iteration cap reached.
     """
     n, m = c.shape[0], G.shape[0]
     x = np.zeros(n)
@@ -264,36 +286,6 @@ def _gi_core(Qinv, c, G, h, tol, max_iter):
     return x, lam, n_iter, status
 
 
-@njit(cache=True)
-def qp_goldfarb_idnani(Qinv, c, G, h, tol, max_iter):
-    """Solve ``min 1/2 x^T Q x + c^T x`` s.t. ``G x <= h`` (Q SPD), given ``Q^{-1}``.
-
-    The caller inverts ``Q`` once per problem (``np.linalg.inv``, outside numba: numba's
-    LAPACK bindings would compile for seconds in every new process).
-
-    Parameters
-    ----------
-    Qinv : ndarray, shape (n, n), the inverse of a symmetric positive definite Q
-    c : ndarray, shape (n,)
-    G : ndarray, shape (m, n)
-    h : ndarray, shape (m,)
-    tol : float
-        Relative feasibility tolerance.
-    max_iter : int
-        Cap on active-set changes.
-
-    Returns
-    -------
-    x : ndarray, shape (n,)
-    lam : ndarray, shape (m,)
-        Multipliers, >= 0, zero off the active set.
-    n_iter : int
-    status : int
-        0 optimal, 1 infeasible, 2 iteration cap reached.
-    """
-    return _gi_core(Qinv, c, G, h, tol, max_iter)
-
-
 @njit(cache=True, parallel=True)
 def qp_goldfarb_idnani_batched(Qinv, C, G, H, tol, max_iter):
     """:func:`qp_goldfarb_idnani` on every row of ``C`` (b, n) and ``H`` (b, m).
@@ -307,7 +299,7 @@ def qp_goldfarb_idnani_batched(Qinv, C, G, H, tol, max_iter):
     iters = np.empty(b, np.int64)
     status = np.empty(b, np.int64)
     for row in prange(b):
-        x, lam, it, st = _gi_core(Qinv, C[row], G, H[row], tol, max_iter)
+        x, lam, it, st = qp_goldfarb_idnani(Qinv, C[row], G, H[row], tol, max_iter)
         assign(X[row], x)
         assign(Lam[row], lam)
         iters[row] = it
@@ -319,7 +311,7 @@ qp_goldfarb_idnani_rows = serial_twin(qp_goldfarb_idnani_batched, "qp_goldfarb_i
 
 
 @njit(cache=True)
-def _qp_vjp_core(Qinv, G, h, c, x, v, active_tol):
+def qp_active_vjp(Qinv, G, h, c, x, v, active_tol):
     """Active-set VJP of one QP; return ``(grad_c, grad_h, margin, ok)``."""
     n, m = x.shape[0], G.shape[0]
     xnorm = 0.0                 # the scale of x and h (relative: (c c, c h) gives c x*)
@@ -390,7 +382,7 @@ def qp_active_vjp_batched(Qinv, G, C, H, X, V, active_tol):
     margins = np.empty(b)
     ok = np.empty(b, np.bool_)
     for row in prange(b):
-        gc, gh, mg, good = _qp_vjp_core(Qinv, G, H[row], C[row], X[row], V[row], active_tol)
+        gc, gh, mg, good = qp_active_vjp(Qinv, G, H[row], C[row], X[row], V[row], active_tol)
         assign(GC[row], gc)
         assign(GH[row], gh)
         margins[row] = mg
@@ -402,11 +394,26 @@ qp_active_vjp_rows = serial_twin(qp_active_vjp_batched, "qp_active_vjp_rows")
 
 
 @njit(cache=True)
-def _nnls_core(A, b, tol, max_iter):
-    """Lawson-Hanson; return ``(x, lam, n_iter, converged)``.
+def nnls_lawson_hanson(A, b, tol, max_iter):
+    """Solve ``min_{x >= 0} 1/2 ||A x - b||^2`` by Lawson-Hanson.
 
-    ``tol`` is relative to ``max |b_i|`` (the dual ``A^T (b - A x)`` scales with ``b``), so
-    that ``x*(c b) = c x*(b)`` for every ``c > 0``.
+    Parameters
+    ----------
+    A : ndarray, shape (m, n)
+    b : ndarray, shape (m,)
+    tol : float
+        Dual tolerance relative to the data: stop when ``A^T (b - A x) <= tol max_i |b_i|``
+        off the passive set (scale-free: ``x*(c b) = c x*(b)``).
+    max_iter : int
+        Cap on inner iterations.
+
+    Returns
+    -------
+    x : ndarray, shape (n,)
+    lam : ndarray, shape (n,)
+        Multipliers ``A^T (A x - b)`` on the zero set (>= 0), 0 on the passive set.
+    n_iter : int
+    converged : bool
     """
     m, n = A.shape
     x = np.zeros(n)
@@ -480,31 +487,6 @@ def _nnls_core(A, b, tol, max_iter):
     return x, lam, n_iter, converged
 
 
-@njit(cache=True)
-def nnls_lawson_hanson(A, b, tol, max_iter):
-    """Solve ``min_{x >= 0} 1/2 ||A x - b||^2`` by Lawson-Hanson.
-
-    Parameters
-    ----------
-    A : ndarray, shape (m, n)
-    b : ndarray, shape (m,)
-    tol : float
-        Dual tolerance relative to the data: stop when ``A^T (b - A x) <= tol max_i |b_i|``
-        off the passive set (scale-free: ``x*(c b) = c x*(b)``).
-    max_iter : int
-        Cap on inner iterations.
-
-    Returns
-    -------
-    x : ndarray, shape (n,)
-    lam : ndarray, shape (n,)
-        Multipliers ``A^T (A x - b)`` on the zero set (>= 0), 0 on the passive set.
-    n_iter : int
-    converged : bool
-    """
-    return _nnls_core(A, b, tol, max_iter)
-
-
 @njit(cache=True, parallel=True)
 def nnls_lawson_hanson_batched(A, B, tol, max_iter):
     """:func:`nnls_lawson_hanson` on every row of ``B`` (r, m): ``X``, ``Lam``, iters, ok."""
@@ -515,7 +497,7 @@ def nnls_lawson_hanson_batched(A, B, tol, max_iter):
     iters = np.empty(r, np.int64)
     ok = np.empty(r, np.bool_)
     for row in prange(r):
-        x, lam, it, good = _nnls_core(A, B[row], tol, max_iter)
+        x, lam, it, good = nnls_lawson_hanson(A, B[row], tol, max_iter)
         assign(X[row], x)
         assign(Lam[row], lam)
         iters[row] = it
@@ -527,7 +509,7 @@ nnls_lawson_hanson_rows = serial_twin(nnls_lawson_hanson_batched, "nnls_lawson_h
 
 
 @njit(cache=True)
-def _nnls_vjp_core(A, b, x, v, active_tol):
+def nnls_active_vjp(A, b, x, v, active_tol):
     """``grad_b = A_F (A_F^T A_F)^{-1} v_F``; return ``(grad_b, margin, ok)``."""
     m, n = A.shape
     xnorm = 0.0                 # scales of x and of the gradient, relative (x*(c b) = c x*(b))
@@ -578,7 +560,7 @@ def nnls_active_vjp_batched(A, B, X, V, active_tol):
     margins = np.empty(r)
     ok = np.empty(r, np.bool_)
     for row in prange(r):
-        g, mg, good = _nnls_vjp_core(A, B[row], X[row], V[row], active_tol)
+        g, mg, good = nnls_active_vjp(A, B[row], X[row], V[row], active_tol)
         assign(G[row], g)
         margins[row] = mg
         ok[row] = good
@@ -588,10 +570,10 @@ def nnls_active_vjp_batched(A, B, X, V, active_tol):
 nnls_active_vjp_rows = serial_twin(nnls_active_vjp_batched, "nnls_active_vjp_rows")
 
 
-KERNELS = (nnls_active_vjp_batched, nnls_active_vjp_rows, nnls_lawson_hanson,
-           nnls_lawson_hanson_batched, nnls_lawson_hanson_rows, qp_active_vjp_batched,
-           qp_active_vjp_rows, qp_goldfarb_idnani, qp_goldfarb_idnani_batched,
-           qp_goldfarb_idnani_rows)
+KERNELS = (nnls_active_vjp, nnls_active_vjp_batched, nnls_active_vjp_rows, nnls_lawson_hanson,
+           nnls_lawson_hanson_batched, nnls_lawson_hanson_rows, qp_active_vjp,
+           qp_active_vjp_batched, qp_active_vjp_rows, qp_goldfarb_idnani,
+           qp_goldfarb_idnani_batched, qp_goldfarb_idnani_rows)
 
 
 def warmup(parallel=True):
@@ -604,7 +586,8 @@ def warmup(parallel=True):
     c, h = np.array([-1.0, -1.0]), np.array([0.5, 0.0])
     C, H = np.stack([c, -c]), np.stack([h, h])
     Qinv = np.linalg.inv(Q)
-    qp_goldfarb_idnani(Qinv, c, G, h, 1e-12, 50)
+    x = qp_goldfarb_idnani(Qinv, c, G, h, 1e-12, 50)[0]
+    qp_active_vjp(Qinv, G, h, c, x, c, 1e-9)
     for solve, vjp in ((qp_goldfarb_idnani_rows, qp_active_vjp_rows),
                        (qp_goldfarb_idnani_batched, qp_active_vjp_batched))[:1 + parallel]:
         X = solve(Qinv, C, G, H, 1e-12, 50)[0]
@@ -612,7 +595,8 @@ def warmup(parallel=True):
     A = np.array([[1.0, 0.5], [0.2, 1.0], [0.3, -0.4]])
     b = np.array([1.0, -1.0, 0.5])
     B = np.stack([b, -b])
-    nnls_lawson_hanson(A, b, 1e-12, 50)
+    x = nnls_lawson_hanson(A, b, 1e-12, 50)[0]
+    nnls_active_vjp(A, b, x, b, 1e-9)
     for solve, vjp in ((nnls_lawson_hanson_rows, nnls_active_vjp_rows),
                        (nnls_lawson_hanson_batched, nnls_active_vjp_batched))[:1 + parallel]:
         X = solve(A, B, 1e-12, 50)[0]
