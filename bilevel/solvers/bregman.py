@@ -23,7 +23,7 @@ from numba import njit
 from bilevel.solvers.assign import assign
 from bilevel.solvers.projections import simplex_tau
 from bilevel.solvers.tv import diff_adjoint, diff_forward
-from bilevel.solvers.tv2d import blur_apply, div2d, grad2d
+from bilevel.solvers.tv2d import data_gradient, div2d, grad2d
 
 __all__ = ["KERNELS", "bregman_pd_game", "bregman_pd_tv1d", "bregman_pd_tv2d",
            "bregman_quadratic", "bregman_segmentation", "lad_pdhg", "mirror_dual",
@@ -170,22 +170,30 @@ def bregman_quadratic(H, c, x0, kind, tau, n_steps, tol):
 
 @njit(cache=True)
 def _segmentation_gradient(C, mu, alpha, X):
-    """``C + alpha X + mu L X``, ``L`` the 4-neighbour graph Laplacian of the pixel grid."""
+    """``C + alpha X + mu L X``, ``L`` the 4-neighbour graph Laplacian of the pixel grid.
+
+    ``L X`` edge by edge, ``(L X)_p = sum_{q ~ p} (X_p - X_q)``: loops without branches on
+    the border, which LLVM would otherwise unswitch into many loop versions (4 s of
+    compilation).
+    """
     h, w, k = X.shape
-    G = C + alpha * X
+    G = np.empty((h, w, k))
     for i in range(h):
         for j in range(w):
             for q in range(k):
-                acc = 0.0
-                if i > 0:
-                    acc += X[i, j, q] - X[i - 1, j, q]
-                if i < h - 1:
-                    acc += X[i, j, q] - X[i + 1, j, q]
-                if j > 0:
-                    acc += X[i, j, q] - X[i, j - 1, q]
-                if j < w - 1:
-                    acc += X[i, j, q] - X[i, j + 1, q]
-                G[i, j, q] += mu * acc
+                G[i, j, q] = C[i, j, q] + alpha * X[i, j, q]
+    for i in range(h - 1):                      # vertical edges
+        for j in range(w):
+            for q in range(k):
+                d = mu * (X[i, j, q] - X[i + 1, j, q])
+                G[i, j, q] += d
+                G[i + 1, j, q] -= d
+    for i in range(h):                          # horizontal edges
+        for j in range(w - 1):
+            for q in range(k):
+                d = mu * (X[i, j, q] - X[i, j + 1, q])
+                G[i, j, q] += d
+                G[i, j + 1, q] -= d
     return G
 
 
@@ -266,9 +274,14 @@ def bregman_pd_game(A, x0, y0, tau, sigma, n_steps, tol):
                        natural_residual(y.reshape(1, n), gy.reshape(1, n), simplex))
         if residual <= tol or n_iter >= n_steps:
             break
-        wx = wx - tau * gx.reshape(1, m)
+        # In place on the (1, m) and (1, n) dual rows: numba compiles 2-D array
+        # expressions several times slower than loops or 1-D ones.
+        for i in range(m):
+            wx[0, i] -= tau * gx[i]
         x_new = mirror_primal(wx, simplex).ravel()
-        wy = wy + sigma * (A.T @ (2.0 * x_new - x)).reshape(1, n)
+        gy = A.T @ (2.0 * x_new - x)
+        for j in range(n):
+            wy[0, j] += sigma * gy[j]
         y = mirror_primal(wy, simplex).ravel()
         x = x_new
         n_iter += 1
@@ -316,11 +329,22 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
     p = np.empty((2, H, W))
     residual = np.inf
     n_iter = 0
+    r = np.empty((H, W))
+    u_new = np.empty((H, W))
+    ext = np.empty((H, W))
     while True:
-        assign(p[0], z[:, :, 0])
-        assign(p[1], z[:, :, 1])
-        data = u - f if identity else blur_apply(blur_apply(u, w) - f, w)
-        r = data - lam * div2d(p)
+        for i in range(H):
+            for j in range(W):
+                p[0, i, j] = z[i, j, 0]
+                p[1, i, j] = z[i, j, 1]
+        # Loops rather than 2-D array expressions, which numba compiles several times slower.
+        data = data_gradient(u, f, w, identity)
+        d = div2d(p)
+        r_max = 0.0
+        for i in range(H):
+            for j in range(W):
+                r[i, j] = data[i, j] - lam * d[i, j]
+                r_max = max(r_max, abs(r[i, j]))
         g = grad2d(u)
         zr = 0.0
         for i in range(H):
@@ -329,17 +353,20 @@ def bregman_pd_tv2d(f, lam, w, identity, u0, z0, tau, sigma, n_steps, tol):
                 a1 = z[i, j, 1] + g[1, i, j]
                 scale = 1.0 / max(1.0, np.sqrt(a0 * a0 + a1 * a1))
                 zr = max(zr, abs(z[i, j, 0] - a0 * scale), abs(z[i, j, 1] - a1 * scale))
-        residual = max(np.max(np.abs(r)), zr)
+        residual = max(r_max, zr)
         if residual <= tol or n_iter >= n_steps:
             break
-        u_new = u - tau * r
-        g = grad2d(2.0 * u_new - u)
+        for i in range(H):
+            for j in range(W):
+                u_new[i, j] = u[i, j] - tau * r[i, j]
+                ext[i, j] = 2.0 * u_new[i, j] - u[i, j]
+        g = grad2d(ext)
         for i in range(H):
             for j in range(W):
                 v[i * W + j, 0] += sigma * lam * g[0, i, j]
                 v[i * W + j, 1] += sigma * lam * g[1, i, j]
         z = mirror_primal(v, ball).reshape(H, W, 2)
-        u = u_new
+        u, u_new = u_new, u
         n_iter += 1
     return u, z, n_iter, residual
 

@@ -20,8 +20,8 @@ Both stop on the KKT residual of :func:`tv2d_kkt_residual`.
 import numpy as np
 from numba import njit
 
-__all__ = ["KERNELS", "blur_apply", "div2d", "gaussian_kernel", "grad2d", "project_balls",
-           "tv2d_kkt_residual", "tv2d_solve", "tv2d_steps", "warmup"]
+__all__ = ["KERNELS", "blur_apply", "data_gradient", "div2d", "gaussian_kernel", "grad2d",
+           "project_balls", "tv2d_kkt_residual", "tv2d_solve", "tv2d_steps", "warmup"]
 
 # Norm bound of the discrete gradient: ||grad||^2 <= 8.
 _GRAD_NORM_SQ = 8.0
@@ -129,11 +129,14 @@ def blur_apply(u, w):
 
 
 @njit(cache=True)
-def _data_gradient(u, f, w, identity):
+def data_gradient(u, f, w, identity):
     """``A^T (A u - f)``."""
-    if identity:
-        return u - f
-    return blur_apply(blur_apply(u, w) - f, w)
+    Au = u if identity else blur_apply(u, w)
+    r = np.empty(f.shape)
+    for i in range(f.shape[0]):         # a loop: 2-D array expressions compile slowly
+        for j in range(f.shape[1]):
+            r[i, j] = Au[i, j] - f[i, j]
+    return r if identity else blur_apply(r, w)
 
 
 @njit(cache=True)
@@ -146,7 +149,7 @@ def tv2d_kkt_residual(u, p, f, lam, w, identity):
     to the data's own scale (1 for ``f = 0``), so that ``(c f, c lam)`` runs the same
     iterations as ``(f, lam)``, scaled by ``c``.
     """
-    r = _data_gradient(u, f, w, identity) - div2d(p)
+    r = data_gradient(u, f, w, identity) - div2d(p)
     fs = np.max(np.abs(f))
     if fs == 0.0:
         fs = 1.0
@@ -209,7 +212,7 @@ def tv2d_solve(f, lam, u0, p0, w, identity, tol, max_iter):
                 for j in range(W):
                     u_new[i, j] = (u[i, j] + tau * (d[i, j] + f[i, j])) / (1.0 + tau)
         else:
-            r = _data_gradient(u, f, w, identity)
+            r = data_gradient(u, f, w, identity)
             for i in range(H):
                 for j in range(W):
                     u_new[i, j] = u[i, j] - tau * (r[i, j] - d[i, j])
