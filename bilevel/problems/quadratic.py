@@ -72,6 +72,7 @@ class Ridge(Problem):
         self._Xt = torch.from_numpy(self.X)
         self._yt = torch.from_numpy(self.y)
         self._gram = self.X.T @ self.X / n
+        self._rhs = self.X.T @ self.y / n
         eigs = np.linalg.eigvalsh(self._gram)
         self._smin, self._smax = max(float(eigs[0]), 0.0), float(eigs[-1])
 
@@ -109,7 +110,7 @@ class Ridge(Problem):
         from bilevel.solvers.ridge import ridge_cholesky
 
         lam = np.broadcast_to(as_tuple(theta)[0], (self.X.shape[1],)).copy()
-        x, n_iter, residual = ridge_cholesky(self.X, self.y, lam)
+        x, n_iter, residual = ridge_cholesky(self._gram, self._rhs, lam)
         if n_iter == 0:
             raise ValueError("X^T X / n + diag(lam) is singular: increase lam (it must be > 0 "
                              "when X has more columns than rows or collinear columns)")

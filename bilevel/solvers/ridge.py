@@ -2,6 +2,10 @@ r"""Ridge regression by a Cholesky solve of the normal equations.
 
 .. math:: w^* = \arg\min_w \frac{1}{2n}\|Xw - y\|^2 + \frac12 \sum_j \lambda_j w_j^2
           \iff (X^\top X / n + \mathrm{diag}(\lambda)) w^* = X^\top y / n
+
+The kernel takes ``X^T X / n`` and ``X^T y / n``, formed once per problem by NumPy's BLAS:
+every ``lam`` then costs one Cholesky factorization, and the kernel compiles without numba's
+BLAS bindings (2.4 s of a 4.7 s first compilation).
 """
 
 import numpy as np
@@ -13,19 +17,21 @@ __all__ = ["KERNELS", "ridge_cholesky", "warmup"]
 
 
 @njit(cache=True)
-def ridge_cholesky(X, y, lam):
+def ridge_cholesky(gram, b, lam):
     """Solve ridge regression with per-feature weights ``lam`` (shape (p,)).
 
-    Returns ``(w, n_iter, residual)`` with residual ``||grad E(w)||_inf`` relative to its
-    terms' scale ``||X^T y / n||_inf + ||H||_inf ||w||_inf`` (scale-free: ``c y`` gives
-    ``c w*`` and the same residual), and ``n_iter = 0`` when the Hessian is not positive
-    definite (w is then NaN).
+    ``gram = X^T X / n`` (p, p) and ``b = X^T y / n`` (p,). Returns ``(w, n_iter,
+    residual)`` with residual ``||grad E(w)||_inf`` relative to its terms' scale
+    ``||b||_inf + ||H||_inf ||w||_inf``, ``H = gram + diag(lam)`` (scale-free: ``c y`` gives
+    ``c w*`` and the same residual), and ``n_iter = 0`` when ``H`` is not positive definite
+    (w is then NaN).
     """
-    n, p = X.shape
-    H = X.T @ X / n
-    for j in range(p):
-        H[j, j] += lam[j]
-    b = X.T @ y / n
+    p = b.shape[0]
+    H = np.empty((p, p))
+    for i in range(p):
+        for j in range(p):
+            H[i, j] = gram[i, j]
+        H[i, i] += lam[i]
     w, ok = cholesky_solve(H, b)
     if not ok:
         return w, 0, np.inf
@@ -56,5 +62,5 @@ def warmup(parallel=True):
 
     ``parallel`` is unused: this module has no ``prange`` kernels.
     """
-    X = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
-    ridge_cholesky(X, np.array([1.0, -1.0, 1.0]), np.ones(2))
+    X, y = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]]), np.array([1.0, -1.0, 1.0])
+    ridge_cholesky(X.T @ X / 3, X.T @ y / 3, np.ones(2))
