@@ -544,11 +544,14 @@ class QP(Problem):
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
-        """Apply the active-set formula of the class docstring (the single-row kernel)."""
-        c, h = self._split(solution.theta)
-        grads, _ = self._active_vjp(c[None], h[None], solution.x[None],
-                                    np.asarray(v, dtype=np.float64)[None])
-        return tuple(g[0] for g in grads)
+        """Apply the active-set formula of the class docstring (the one-problem kernel)."""
+        from bilevel.solvers.qp import qp_active_vjp
+
+        c, h, x, v = (np.ascontiguousarray(a, dtype=np.float64)
+                      for a in (*self._split(solution.theta), solution.x, v))
+        gc, gh, _, ok = qp_active_vjp(self._Qinv, self.G, h, c, x, v, _ACTIVE_TOL)
+        _require_licq(np.array([ok]))
+        return (gc,) if self.h is not None else (gc, gh)
 
     def _solve_batch(self, C, H=None):
         """Solve every row of ``C`` (b, n) (with ``H`` (b, m) when theta is ``(c, h)``)."""
@@ -591,22 +594,21 @@ class QP(Problem):
 
     def _active_vjp(self, C, H, X, V):
         """Return the active-set closed form on rows ``(C, H, X, V)``: ``(grads, margins)``."""
-        C, H, X, V = (np.ascontiguousarray(a, dtype=np.float64) for a in (C, H, X, V))
-        if C.shape[0] == 1:     # one row: the single kernel, no batch kernel to compile
-            from bilevel.solvers.qp import qp_active_vjp
-
-            gc, gh, margin, good = qp_active_vjp(self._Qinv, self.G, H[0], C[0], X[0], V[0],
-                                                 _ACTIVE_TOL)
-            GC, GH, margins, ok = gc[None], gh[None], np.array([margin]), np.array([good])
-        else:
-            kernel = _kernel("qp_active_vjp", C.shape[0], self.G.size)
-            GC, GH, margins, ok = kernel(self._Qinv, self.G, C, H, X, V, _ACTIVE_TOL)
-        if not np.all(ok):
-            raise SingularSystemError(
-                f"QP: the active constraints are linearly dependent in {int(np.sum(~ok))} "
-                "row(s) (degenerate vertex: LICQ fails), so the closed form is singular; use "
-                "Implicit(pinv=True) for the minimum-norm gradient or Implicit(damping=1e-8)")
+        kernel = _kernel("qp_active_vjp", C.shape[0], self.G.size)
+        GC, GH, margins, ok = kernel(self._Qinv, self.G, np.ascontiguousarray(C),
+                                     np.ascontiguousarray(H), np.ascontiguousarray(X),
+                                     np.ascontiguousarray(V), _ACTIVE_TOL)
+        _require_licq(ok)
         return ((GC,) if self.h is not None else (GC, GH)), margins
+
+
+def _require_licq(ok):
+    """Raise where a row's active normals are linearly dependent (``ok`` False)."""
+    if not np.all(ok):
+        raise SingularSystemError(
+            f"QP: the active constraints are linearly dependent in {int(np.sum(~ok))} "
+            "row(s) (degenerate vertex: LICQ fails), so the closed form is singular; use "
+            "Implicit(pinv=True) for the minimum-norm gradient or Implicit(damping=1e-8)")
 
 
 def _kkt_residual(stationarity, slack, lam, grad_scale, slack_scale):
@@ -808,11 +810,14 @@ class NNLS(Problem):
 
     # closed forms ---------------------------------------------------------------------
     def analytic_vjp(self, solution, v):
-        """``A_F (A_F^T A_F)^{-1} v_F`` (the single-row kernel)."""
-        b = np.asarray(_bare(solution.theta), dtype=np.float64)
-        grads, _ = self._free_vjp(b[None], solution.x[None],
-                                  np.asarray(v, dtype=np.float64)[None])
-        return (grads[0][0],)
+        """``A_F (A_F^T A_F)^{-1} v_F`` (the one-problem kernel)."""
+        from bilevel.solvers.qp import nnls_active_vjp
+
+        b, x, v = (np.ascontiguousarray(a, dtype=np.float64)
+                   for a in (_bare(solution.theta), solution.x, v))
+        g, _, ok = nnls_active_vjp(self.A, b, x, v, _ACTIVE_TOL)
+        _require_full_rank(np.array([ok]))
+        return (g,)
 
     def _solve_batch(self, B):
         """Solve every row of ``B`` (r, m); return ``X`` (r, n)."""
@@ -829,18 +834,17 @@ class NNLS(Problem):
 
     def _free_vjp(self, B, X, V):
         """``A_F (A_F^T A_F)^{-1} v_F`` on rows ``(B, X, V)``: ``((grad_B,), margins)``."""
-        B, X, V = (np.ascontiguousarray(a, dtype=np.float64) for a in (B, X, V))
-        if B.shape[0] == 1:     # one row: the single kernel, no batch kernel to compile
-            from bilevel.solvers.qp import nnls_active_vjp
-
-            g, margin, good = nnls_active_vjp(self.A, B[0], X[0], V[0], _ACTIVE_TOL)
-            G, margins, ok = g[None], np.array([margin]), np.array([good])
-        else:
-            kernel = _kernel("nnls_active_vjp", B.shape[0], self.A.size)
-            G, margins, ok = kernel(self.A, B, X, V, _ACTIVE_TOL)
-        if not np.all(ok):
-            raise SingularSystemError(
-                f"NNLS: A restricted to the positive entries is rank-deficient in "
-                f"{int(np.sum(~ok))} row(s) (x* not unique); use Implicit(pinv=True) for the "
-                "minimum-norm gradient or Implicit(damping=1e-8)")
+        kernel = _kernel("nnls_active_vjp", B.shape[0], self.A.size)
+        G, margins, ok = kernel(self.A, np.ascontiguousarray(B), np.ascontiguousarray(X),
+                                np.ascontiguousarray(V), _ACTIVE_TOL)
+        _require_full_rank(ok)
         return (G,), margins
+
+
+def _require_full_rank(ok):
+    """Raise where a row's free columns of ``A`` are rank-deficient (``ok`` False)."""
+    if not np.all(ok):
+        raise SingularSystemError(
+            f"NNLS: A restricted to the positive entries is rank-deficient in "
+            f"{int(np.sum(~ok))} row(s) (x* not unique); use Implicit(pinv=True) for the "
+            "minimum-norm gradient or Implicit(damping=1e-8)")

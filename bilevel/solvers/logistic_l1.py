@@ -22,6 +22,7 @@ compilation in every new cache for no speed (the Lasso shares the one ``enet_cd`
 import numpy as np
 
 from bilevel._threads import serial_blas
+from bilevel.solvers.cholesky import cholesky_solve
 from bilevel.solvers.coordinate_descent import designs, enet_cd
 
 __all__ = ["KERNELS", "logistic_l1_prox_newton", "warmup"]
@@ -108,19 +109,6 @@ def _state(design, y, lam, w, z):
     return a, grad, energy, energy - dual
 
 
-def _cholesky_solve(H, b):
-    """Return ``H^{-1} b`` for a symmetric positive definite ``H``.
-
-    None at a pivot below ``1e-14 |H_jj|``: ``H`` is not numerically positive definite.
-    """
-    from scipy.linalg import lapack  # LAPACK directly: the checked wrappers cost more
-
-    factor, failed = lapack.dpotrf(H, lower=0)
-    if failed or np.any(np.diag(factor) ** 2 <= 1e-14 * (np.abs(np.diag(H)) + 1e-300)):
-        return None
-    return lapack.dpotrs(factor, b, lower=0)[0]
-
-
 def _polish(design, y, lam, w):
     """Newton's method on the support ``S`` and signs ``s`` of ``w``.
 
@@ -146,8 +134,8 @@ def _polish(design, y, lam, w):
         if np.max(np.abs(g)) < 1e-15:
             break
         Xd = XS * np.sqrt(a * (1.0 - a) / n)[:, None]
-        step = _cholesky_solve(Xd.T @ Xd, g)
-        if step is None:
+        step, ok = cholesky_solve(Xd.T @ Xd, g)
+        if not ok:
             return w, False
         t = 1.0
         for _ in range(40):
