@@ -138,7 +138,7 @@ def kernel_vjp_batch(strategy, problem, batch, V, margin_tol, *args):
 def warn_degenerate_rows(name, margins, tol):
     """Warn when batch rows sit at a kink of the solution map (margin ``<= tol``)."""
     margins = np.asarray(margins)
-    if margins.size and np.min(margins) <= tol:
+    if margins.size and margins.min() <= tol:
         warnings.warn(f"{name}: {int(np.sum(margins <= tol))} of {margins.size} batch rows are "
                       f"degenerate (margin <= {tol:.0e}): the gradient is one one-sided "
                       "derivative there", DegeneracyWarning, stacklevel=5)

@@ -11,7 +11,6 @@ host; the output and the gradients come back in the inputs' dtype and device (CP
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -138,18 +137,17 @@ def _reduce(grad, batch, bshape, shape):
     return g.reshape(shape)
 
 
-@contextlib.contextmanager
-def _torch_threads_kept():
-    """Restore torch's intra-op thread count after a numba kernel.
+def _keeping_torch_threads(call, *args):
+    """``call(*args)``, then restore torch's intra-op thread count.
 
     A ``prange`` kernel on numba's OpenMP layer sets the process's OpenMP thread count,
     which torch shares: a training loop pinned to one torch thread would silently run on
     all cores (and slow down many times on a busy machine) after the layer's first large
-    batch.
+    batch. (A plain call, not a context manager: this runs twice per training step.)
     """
     threads = torch.get_num_threads()
     try:
-        yield
+        return call(*args)
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -159,8 +157,8 @@ def _solve(layer, theta):
     """Solve every batch row: ``(output tensor, (batch, bshapes, solutions))``."""
     ndims = layer.theta_ndim if layer.theta_ndim is not None else tuple(t.ndim for t in theta)
     batch, size, parts, bshapes = _batch_layout(theta, ndims)
-    with _torch_threads_kept():
-        solutions = api.solve_batch_checked(layer.problem, parts, layer.strategy)
+    solutions = _keeping_torch_threads(api.solve_batch_checked, layer.problem, parts,
+                                       layer.strategy)
     Y = solutions.x
     out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
     ref = next((t for t in theta if t.is_floating_point()), theta[0])
@@ -182,9 +180,8 @@ class _Argmin(torch.autograd.Function):
         layer = ctx.layer
         Y = ctx.solutions.x
         V = np.ascontiguousarray(_host_float64(grad_out).reshape(Y.shape))
-        with _torch_threads_kept():
-            grads, _ = api.vjp_batch_checked(layer.problem, ctx.solutions, V,
-                                               layer.strategy)
+        grads, _ = _keeping_torch_threads(api.vjp_batch_checked, layer.problem,
+                                          ctx.solutions, V, layer.strategy)
         out = [None]
         for k, g in enumerate(grads):
             if not ctx.needs_input_grad[k + 1]:
