@@ -15,13 +15,16 @@ def cholesky_solve(H, b):
     ``np.linalg.cholesky``, whose failure raises, which a jitted caller cannot catch.
     """
     p = b.shape[0]
-    L = np.zeros((p, p))
+    L = np.empty((p, p))            # only its lower triangle is written and read
     for j in range(p):
         s = H[j, j]
         for k in range(j):
             s -= L[j, k] * L[j, k]
         if s <= 1e-14 * (abs(H[j, j]) + 1e-300):
-            return np.full(p, np.nan), False
+            nan = np.empty(p)
+            for i in range(p):
+                nan[i] = np.nan
+            return nan, False
         L[j, j] = np.sqrt(s)
         for i in range(j + 1, p):
             t = H[i, j]

@@ -12,8 +12,7 @@ from numba import njit
 
 from bilevel.solvers.cholesky import cholesky_solve
 
-__all__ = ["KERNELS", "logistic_l2_energy", "logistic_l2_hessian", "newton_logistic_l2",
-           "warmup"]
+__all__ = ["KERNELS", "logistic_l2_energy", "newton_logistic_l2", "warmup"]
 
 
 @njit(cache=True)
@@ -25,33 +24,49 @@ def _softplus(t):
 
 
 @njit(cache=True)
+def _margins(X, w, z):
+    """``z = X w``, in place."""
+    n, p = X.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(p):
+            s += X[i, j] * w[j]
+        z[i] = s
+
+
+@njit(cache=True)
 def _energy_from_margins(z, y, lam, w):
     total = 0.0
     for i in range(z.shape[0]):
         total += _softplus(-y[i] * z[i])
-    return total / z.shape[0] + 0.5 * lam * np.dot(w, w)
+    norm2 = 0.0
+    for j in range(w.shape[0]):
+        norm2 += w[j] * w[j]
+    return total / z.shape[0] + 0.5 * lam * norm2
+
+
+@njit(cache=True)
+def _hessian_from_margins(X, y, lam, z):
+    """Hessian ``X^T diag(s (1 - s)) X / n + lam I`` with ``s = sigmoid(y * z)``, ``z = Xw``."""
+    n, p = X.shape
+    Xd = np.empty((n, p))
+    for i in range(n):
+        s = 1.0 / (1.0 + np.exp(y[i] * z[i]))
+        d = np.sqrt(s * (1.0 - s) / n)
+        for j in range(p):
+            Xd[i, j] = d * X[i, j]
+    H = Xd.T @ Xd                   # the O(n p^2) part: BLAS
+    for j in range(p):
+        H[j, j] += lam
+    return H
 
 
 @njit(cache=True)
 def logistic_l2_energy(X, y, lam, w):
     """Energy ``mean softplus(-y * Xw) + lam/2 ||w||^2``."""
-    return _energy_from_margins(X @ w, y, lam, w)
-
-
-@njit(cache=True)
-def logistic_l2_hessian(X, y, lam, w):
-    """Hessian ``X^T diag(s (1 - s)) X / n + lam I`` with ``s = sigmoid(y * Xw)``."""
-    n, p = X.shape
-    z = X @ w
-    scale = np.empty((n, 1))
-    for i in range(n):
-        s = 1.0 / (1.0 + np.exp(y[i] * z[i]))
-        scale[i, 0] = np.sqrt(s * (1.0 - s) / n)
-    Xd = X * scale
-    H = Xd.T @ Xd
-    for j in range(p):
-        H[j, j] += lam
-    return H
+    z = np.empty(X.shape[0])
+    _margins(X, w, z)
+    return _energy_from_margins(z, y, lam, w)
 
 
 @njit(cache=True)
@@ -61,6 +76,10 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
     Returns ``(w, n_iter, residual)`` with residual ``||grad E(w)||_inf`` relative to the
     data term's gradient bound ``max_j mean_i |X_ij|`` (``|sigmoid| <= 1``): scale-free,
     ``(c X, c^2 lam)`` stops at ``w* / c`` where ``(X, lam)`` stops at ``w*``.
+
+    Matrix-vector products and reductions are loops: numba's BLAS bindings and ``np.max``
+    would cost seconds of compilation in every new environment, and the O(n p) products
+    are cheap beside the Hessian's O(n p^2), which stays a BLAS product.
     """
     n, p = X.shape
     gscale = 0.0
@@ -72,34 +91,50 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
     if gscale == 0.0:
         gscale = 1.0
     w = w0.copy()
-    z = X @ w
+    z = np.empty(n)
+    _margins(X, w, z)
     energy = _energy_from_margins(z, y, lam, w)
-    r = np.empty(n)
+    g = np.empty(p)
+    candidate = np.empty(p)
+    z_new = np.empty(n)
+    residual = np.inf
     for it in range(max_iter + 1):
-        for i in range(n):
-            r[i] = -y[i] / (1.0 + np.exp(y[i] * z[i]))     # -y_i sigmoid(-y_i z_i)
-        g = X.T @ r / n + lam * w
-        residual = np.max(np.abs(g)) / gscale
+        for j in range(p):                          # g = X^T r / n + lam w,
+            g[j] = lam * w[j]
+        for i in range(n):                          # r_i = -y_i sigmoid(-y_i z_i)
+            r = -y[i] / (1.0 + np.exp(y[i] * z[i])) / n
+            for j in range(p):
+                g[j] += X[i, j] * r
+        residual = 0.0
+        for j in range(p):
+            residual = max(residual, abs(g[j]))
+        residual /= gscale
         if residual <= tol or it == max_iter:
             return w, it, residual
-        direction, ok = cholesky_solve(logistic_l2_hessian(X, y, lam, w), g)
+        direction, ok = cholesky_solve(_hessian_from_margins(X, y, lam, z), g)
         if not ok:          # lam = 0 and a rank-deficient X: no Newton step
             return w, it, residual
-        slope = np.dot(g, direction)
+        slope = 0.0
+        for j in range(p):
+            slope += g[j] * direction[j]
         t = 1.0
+        e_new = energy
         for _ in range(40):
-            candidate = w - t * direction
-            z_new = X @ candidate
+            for j in range(p):
+                candidate[j] = w[j] - t * direction[j]
+            _margins(X, candidate, z_new)
             e_new = _energy_from_margins(z_new, y, lam, candidate)
             # Armijo, with round-off slack once the decrease is below machine precision.
             if e_new <= energy - 1e-4 * t * slope + 1e-15 * abs(energy):
                 break
             t *= 0.5
-        w, z, energy = candidate, z_new, e_new
+        w, candidate = candidate, w                 # the step taken; the old w is scratch
+        z, z_new = z_new, z
+        energy = e_new
     return w, max_iter, residual
 
 
-KERNELS = (logistic_l2_energy, logistic_l2_hessian, newton_logistic_l2)
+KERNELS = (logistic_l2_energy, newton_logistic_l2)
 
 
 def warmup(parallel=True):
@@ -111,4 +146,3 @@ def warmup(parallel=True):
     y, w0 = np.array([1.0, -1.0, 1.0]), np.zeros(2)
     newton_logistic_l2(X, y, 1.0, w0, 1e-8, 50)
     logistic_l2_energy(X, y, 1.0, w0)
-    logistic_l2_hessian(X, y, 1.0, w0)
