@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from bilevel.solvers.assign import assign
+from bilevel.solvers.reductions import max_abs, sum_abs
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "SETS", "proj_batched", "proj_rows", "proj_vjp_batched", "proj_vjp_rows",
@@ -139,11 +140,14 @@ def _project_row(x, code, r, y):
             y[i] = max((x[i] - top) - tau, 0.0)
             s += y[i]
         return tau + top, abs(s - r) / r
-    l1 = np.sum(np.abs(x))
+    l1 = sum_abs(x)
     if code == 3 and l1 <= r:
         assign(y, x)
         return 0.0, 0.0
-    tau, top = simplex_tau(np.abs(x), r)
+    magnitudes = np.empty(n)
+    for i in range(n):
+        magnitudes[i] = abs(x[i])
+    tau, top = simplex_tau(magnitudes, r)
     s = 0.0
     for i in range(n):
         w = max((abs(x[i]) - top) - tau, 0.0)
@@ -188,7 +192,7 @@ def _vjp_row(x, y, code, r, plateau, v, g):
         for i in range(n):
             g[i] = (r / nx) * (v[i] - (x[i] / nx) * uv)
         return nx / r if code == 0 else abs(nx - r) / r
-    scale = max(np.max(np.abs(x)), r)
+    scale = max(max_abs(x), r)
     if code == 4:
         k = 0
         sv = 0.0
@@ -228,7 +232,7 @@ def _vjp_row(x, y, code, r, plateau, v, g):
             else:
                 g[i] = 0.0
         return margin
-    l1 = np.sum(np.abs(x))
+    l1 = sum_abs(x)
     if code == 3 and l1 <= r:
         assign(g, v)
         return (r - l1) / r

@@ -31,6 +31,7 @@ from numba import njit, prange
 
 from bilevel.solvers.assign import assign
 from bilevel.solvers.least_squares import lstsq_qr
+from bilevel.solvers.reductions import max_abs
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "nnls_active_vjp", "nnls_active_vjp_batched", "nnls_active_vjp_rows",
@@ -471,7 +472,7 @@ def nnls_lawson_hanson(A, b, tol, max_iter):
                 i = idx[q]
                 x[i] += alpha * (sP[q] - x[i])
             x[hit] = 0.0
-            xmax = np.abs(x).max()
+            xmax = max_abs(x)
             for q in range(k):
                 i = idx[q]
                 if x[i] <= 1e-15 * xmax:

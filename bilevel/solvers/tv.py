@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from bilevel.solvers.assign import assign
+from bilevel.solvers.reductions import max_abs, sum_abs
 from bilevel.solvers.serial import serial_twin
 
 __all__ = ["KERNELS", "band_cholesky", "band_solve", "diff_adjoint", "diff_forward",
@@ -203,7 +204,7 @@ def tv1d_condat_batched(S, lam):
 def tv_l1_gap(s, y, lam, order):
     """Duality gap ``P(y) - D(u)`` at ``y = s - D^T u`` (``u`` feasible)."""
     r = y - s
-    primal = 0.5 * np.dot(r, r) + lam * np.sum(np.abs(diff_forward(y, order)))
+    primal = 0.5 * np.dot(r, r) + lam * sum_abs(diff_forward(y, order))
     dual = 0.5 * np.dot(s, s) - 0.5 * np.dot(y, y)
     return primal - dual
 
@@ -252,8 +253,13 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
     m = n - order
     T = diff_gram_band(order)
     u = np.minimum(np.maximum(u0, -lam), lam)
-    smax = np.max(np.abs(s))
-    scale = 0.5 * np.sum((s / smax) ** 2) * smax * smax if smax > 0.0 else 1.0
+    smax = max_abs(s)
+    scale = 1.0
+    if smax > 0.0:                      # ||s||^2 / 2, scaled against overflow
+        scale = 0.0
+        for i in range(n):
+            scale += (s[i] / smax) ** 2
+        scale *= 0.5 * smax * smax
     if scale == 0.0:
         scale = 1.0
     # Rounding uncertainty of the gap: y = s - D^T u carries errors ~ eps (|s| + 2^k lam)
@@ -387,7 +393,7 @@ def tv_manifold(s, y, lam, order, zero_tol):
         u = tv_dual_from_primal(s, y, order)
         for i in zero:
             margin = min(margin, 1.0 - abs(u[i]) / lam)
-    biggest = np.max(np.abs(Dy)) if Dy.shape[0] else 0.0
+    biggest = max_abs(Dy)
     for j in range(Dy.shape[0]):
         if sigma[j] != 0.0:
             margin = min(margin, abs(Dy[j]) / biggest)
