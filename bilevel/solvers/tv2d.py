@@ -149,19 +149,26 @@ def tv2d_kkt_residual(u, p, f, lam, w, identity):
     to the data's own scale (1 for ``f = 0``), so that ``(c f, c lam)`` runs the same
     iterations as ``(f, lam)``, scaled by ``c``.
     """
-    r = data_gradient(u, f, w, identity) - div2d(p)
-    fs = np.max(np.abs(f))
+    H, W = u.shape
+    data = data_gradient(u, f, w, identity)
+    dp = div2d(p)
+    fs = 0.0                    # loops: 2-D array expressions and np.max compile slowly
+    stat = 0.0
+    for i in range(H):
+        for j in range(W):
+            fs = max(fs, abs(f[i, j]))
+            stat = max(stat, abs(data[i, j] - dp[i, j]))
     if fs == 0.0:
         fs = 1.0
-    stat = np.max(np.abs(r)) / fs
+    stat /= fs
     g = grad2d(u)
     comp = 0.0
-    H, W = u.shape
+    energy = 0.0                # ||f||^2 / (2 fs^2), without underflow
     for i in range(H):
         for j in range(W):
             comp += lam * np.sqrt(g[0, i, j] ** 2 + g[1, i, j] ** 2) \
                 - p[0, i, j] * g[0, i, j] - p[1, i, j] * g[1, i, j]
-    energy = 0.5 * np.sum((f / fs) ** 2)        # ||f||^2 / (2 fs^2), without underflow
+            energy += 0.5 * (f[i, j] / fs) ** 2
     if energy == 0.0:
         energy = 1.0
     comp = comp / fs / fs / energy
