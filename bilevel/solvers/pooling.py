@@ -56,6 +56,7 @@ S. Gould, R. Hartley, D. Campbell, "Deep Declarative Networks", IEEE TPAMI 2021,
 import numpy as np
 from numba import njit, prange
 
+from bilevel.solvers.reductions import mean
 from bilevel.solvers.selection import median
 from bilevel.solvers.serial import serial_twin
 
@@ -370,25 +371,16 @@ def _tq_row(x, a):
 
 
 @njit(cache=True)
-def _mean(x):
-    """``x.mean()`` as a loop (numba's array mean costs 0.4 s to compile)."""
-    total = 0.0
-    for i in range(x.shape[0]):
-        total += x[i]
-    return total / x.shape[0]
-
-
-@njit(cache=True)
 def _solve_row(x, penalty, a, y0, max_iter):
     if penalty == 0:
-        y = _mean(x)
+        y = mean(x)
         it = 1
     elif penalty == 4:
         y, _ = _tq_row(x, a)
         it = 1
     else:
         if np.isnan(y0):
-            y0 = median(x) if penalty == 3 else _mean(x)
+            y0 = median(x) if penalty == 3 else mean(x)
         return _newton_row(x, penalty, a, y0, max_iter)
     return y, it, _relative_residual(x, y, penalty, a)
 

@@ -1,13 +1,13 @@
-"""``max |x_i|`` and ``sum |x_i|`` of a 1-D array inside numba kernels, as loops.
+"""``max |x_i|``, ``sum |x_i|`` and the mean of a 1-D array inside numba kernels, as loops.
 
 ``np.max(np.abs(x))`` makes numba compile, once per process, its array maximum (with the
 ``np.take`` beneath it) and the ``abs`` array expression: about 1.5 s of a new process's
-first compilation, for a loop that compiles in a tenth of that.
+first compilation, for a loop that compiles in a tenth of that; ``x.mean()`` costs 0.4 s.
 """
 
 from numba import njit
 
-__all__ = ["max_abs", "sum_abs"]
+__all__ = ["max_abs", "mean", "sum_abs"]
 
 
 @njit(cache=True)
@@ -26,3 +26,12 @@ def sum_abs(x):
     for i in range(x.shape[0]):
         out += abs(x[i])
     return out
+
+
+@njit(cache=True)
+def mean(x):
+    """``sum_i x_i / n`` of a non-empty 1-D array."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i]
+    return total / x.shape[0]

@@ -1,11 +1,11 @@
-"""max_abs and sum_abs: the loop reductions the kernels use instead of numba's array methods."""
+"""max_abs, sum_abs, mean: the loop reductions the kernels use instead of numba's array methods."""
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bilevel.solvers.reductions import max_abs, sum_abs
+from bilevel.solvers.reductions import max_abs, mean, sum_abs
 
 FINITE = st.floats(-1e6, 1e6, allow_nan=False)
 
@@ -16,6 +16,8 @@ def test_match_numpy(x):
     # NumPy sums pairwise, the loop in order: they differ by round-off, at most
     # n eps sum|x_i| (each of the n - 1 additions errs by eps times a partial sum).
     assert abs(sum_abs(x) - np.sum(np.abs(x))) <= x.size * 2.3e-16 * np.sum(np.abs(x))
+    # The same bound for the sum under the mean (its division rounds once more: + eps).
+    assert abs(mean(x) - np.mean(x)) <= (x.size + 1) * 2.3e-16 * np.mean(np.abs(x))
 
 
 def test_views_and_empty_arrays():
