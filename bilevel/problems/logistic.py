@@ -239,10 +239,10 @@ class LogisticRegression(Problem):
         corr = solution.info.get("neg_gradient")
         if corr is None:
             corr = self.design.rmatvec(self.y / (1.0 + np.exp(margins))) / n
-        s = 1.0 / (1.0 + np.exp(-margins))
+        root = self._root_curvature(x)
 
         def hessian(support):
-            XS = self.design.columns(support) * np.sqrt(s * (1.0 - s) / n)[:, None]
+            XS = self.design.columns(support) * root[:, None]
             return XS.T @ XS
 
         def theta_vjp(support, signs, u):
@@ -260,14 +260,20 @@ class LogisticRegression(Problem):
     def hessian(self, solution):
         """``X^T diag(s(1-s)) X / n + lam I`` with ``s = sigmoid(y * Xx)`` (l2 only).
 
-        One NumPy product: a single evaluation needs no compiled kernel. ``s (1 - s)`` is
-        ``e / (1 + e)^2`` with ``e = exp(-|y Xx|)``, which cannot overflow.
+        One NumPy product: a single evaluation needs no compiled kernel.
         """
         lam = float(as_tuple(solution.theta)[0])
-        n, p = self.X.shape
-        e = np.exp(-np.abs(self.X @ solution.x))
-        Xd = self.X * np.sqrt(e / (n * (1.0 + e) ** 2))[:, None]
-        return Xd.T @ Xd + lam * np.eye(p)
+        Xd = self.X * self._root_curvature(solution.x)[:, None]
+        return Xd.T @ Xd + lam * np.eye(self.X.shape[1])
+
+    def _root_curvature(self, x):
+        """``sqrt(s_i (1 - s_i) / n)`` with ``s = sigmoid(y * Xx)``: the data Hessian's root.
+
+        The data term's Hessian is ``X^T diag(root^2) X``; ``s (1 - s) = e / (1 + e)^2``
+        with ``e = exp(-|x_i^T x|)`` (``y_i = +-1``), which cannot overflow.
+        """
+        e = np.exp(-np.abs(self.design.matvec(x)))
+        return np.sqrt(e / (self.y.shape[0] * (1.0 + e) ** 2))
 
     def optimality_theta_vjp(self, solution, u):
         """``(dF/dlam)^T u = x . u``; a tuple over theta."""
