@@ -44,6 +44,24 @@ def _soft(z, t):
     return 0.0
 
 
+@njit(cache=True, inline="always")
+def _signs_equal(x, signs):
+    """Whether ``np.sign(x) == signs`` holds everywhere."""
+    for j in range(x.shape[0]):
+        if np.sign(x[j]) != signs[j]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _support_size(w):
+    count = 0
+    for j in range(w.shape[0]):
+        if w[j] != 0.0:
+            count += 1
+    return count
+
+
 @njit(cache=True)
 def enet_gap(w, r, corr, y, lam1, lam2):
     """Duality gap ``P(w) - D(u)`` given ``r = y - Xw`` and ``corr = X^T r / n``."""
@@ -63,7 +81,7 @@ def enet_gap(w, r, corr, y, lam1, lam2):
     return primal - dual
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _min_norm_solve(G, r):
     """Least-norm solution of ``G d = r``, ``G`` symmetric positive semi-definite singular.
 
@@ -92,7 +110,7 @@ def _min_norm_solve(G, r):
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     """Exact minimizer on the support and signs of ``w``.
 
@@ -122,7 +140,7 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     return out, True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ws_primal(r, w, ws, lam1, lam2):
     value = 0.5 * np.dot(r, r) / r.shape[0]
     for j in ws:
@@ -130,22 +148,40 @@ def _ws_primal(r, w, ws, lam1, lam2):
     return value
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _extrapolate(Xt, data, indices, indptr, sparse, y, lam1, lam2, ws, history, w, r):
     """Anderson extrapolation of the iterates in ``history``; kept if it lowers the energy.
 
     ``c = argmin ||U^T c||`` over ``sum(c) = 1`` with ``U`` the iterate differences
     (Bertrand, Massias, "Anderson acceleration of coordinate descent", AISTATS 2021).
     """
-    diffs = history[1:] - history[:-1]
-    gram = diffs @ diffs.T
-    gram += 1e-10 * np.trace(gram) * np.eye(gram.shape[0]) + 1e-300
-    z, ok = cholesky_solve(gram, np.ones(gram.shape[0]))
-    total = z.sum()
+    m, k = history.shape[0] - 1, history.shape[1]
+    # gram = U U^T with U the differences of consecutive iterates, regularized by its trace
+    # (loops: the sizes are tiny, and numba's gemm, trace and eye compile for seconds)
+    gram = np.empty((m, m))
+    for a in range(m):
+        for b in range(a + 1):
+            value = 0.0
+            for i in range(k):
+                value += ((history[a + 1, i] - history[a, i])
+                          * (history[b + 1, i] - history[b, i]))
+            gram[a, b] = value
+            gram[b, a] = value
+    trace = 0.0
+    for a in range(m):
+        trace += gram[a, a]
+    for a in range(m):
+        gram[a, a] += 1e-10 * trace + 1e-300
+    z, ok = cholesky_solve(gram, np.ones(m))
+    total = 0.0
+    for a in range(m):
+        total += z[a]
     if not ok or total == 0.0 or not np.isfinite(total):
         return
-    coef = z / total
-    extrapolated = coef @ history[1:]
+    extrapolated = np.zeros(k)
+    for a in range(m):
+        for i in range(k):
+            extrapolated[i] += z[a] / total * history[a + 1, i]
     r_new = y.copy()
     for a in range(ws.shape[0]):
         if extrapolated[a] != 0.0:
@@ -202,34 +238,30 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
         if denom[j] == 0.0:
             w[j] = 0.0
     r, corr, gap = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
-    ws_size = min(p, max(10, 2 * np.count_nonzero(w)))
+    ws_size = min(p, max(10, 2 * _support_size(w)))
     epochs = 0
     polished = False
     last_polish = np.full(p, -2.0)
     priority = np.empty(p)
     while True:
         signs = np.sign(w)
-        # Polish when the gap is small (also once the tolerance is met: a gap of eps means
-        # coefficients off by ~sqrt(eps)) and the signs differ from the last attempt.
-        if gap / scale < _POLISH_GAP and not polished and np.any(signs != last_polish):
+        final = gap / scale <= tol or epochs >= max_epochs
+        # Polish when the gap is small and the signs differ from the last attempt; at the
+        # end, polish once more: a gap at round-off still leaves the coefficients off by
+        # ~sqrt(gap). A fresh candidate is kept if it lowers the gap; the final one also
+        # if its gap is as small (to round-off) and its signs are those it was solved for.
+        fresh = not _signs_equal(signs, last_polish)
+        if not polished and gap / scale < _POLISH_GAP and (fresh or final):
             last_polish = signs
             candidate, ok = _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
-            if ok:
+            same_signs = ok and _signs_equal(candidate, signs)
+            if ok and (fresh or same_signs):
                 r2, corr2, gap2 = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2,
                                               candidate)
-                if gap2 < gap:
+                if (fresh and gap2 < gap) or (final and same_signs
+                                              and gap2 <= max(gap, _ROUNDOFF_GAP * scale)):
                     w, r, corr, gap, polished = candidate, r2, corr2, gap2, True
         if gap / scale <= tol or epochs >= max_epochs:
-            if not polished and gap / scale < _POLISH_GAP:
-                # A final exact solve on the support: a gap at round-off still leaves the
-                # coefficients off by ~sqrt(gap); keep it if its gap is as small (to
-                # round-off) and its signs are those it was solved for.
-                candidate, ok = _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
-                if ok and np.all(np.sign(candidate) == signs):
-                    r2, corr2, gap2 = _full_state(Xt, data, indices, indptr, sparse, y, lam1,
-                                                  lam2, candidate)
-                    if gap2 <= max(gap, _ROUNDOFF_GAP * scale):
-                        w, r, corr, gap, polished = candidate, r2, corr2, gap2, True
             break
         # Working set: the support, then features by distance to their dual constraint.
         for j in range(p):
@@ -270,7 +302,7 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
                     break
         polished = False
         r, corr, gap = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
-        ws_size = min(p, max(10, 2 * np.count_nonzero(w)))
+        ws_size = min(p, max(10, 2 * _support_size(w)))
     return w, epochs, gap / scale, polished, corr
 
 
