@@ -222,7 +222,7 @@ def _huber_interval(x, y, a):
     return p, q
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _newton_row(x, penalty, a, y0, max_iter):
     """Safeguarded Newton for codes 1-3; returns ``(y, n_iter, relative residual)``.
 
@@ -370,7 +370,7 @@ def _tq_row(x, a):
     return tot / (bk - bj) + shift, second - best
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _solve_row(x, penalty, a, y0, max_iter):
     if penalty == 0:
         y = mean(x)
@@ -441,7 +441,7 @@ def _weights_welsch(x, y, a, g):
     return W, Wabs
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _vjp_row(x, penalty, a, y, v, g):
     """Write ``v dy/dx`` into ``g``; return the row's non-degeneracy margin."""
     n = x.shape[0]
