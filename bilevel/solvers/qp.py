@@ -43,7 +43,7 @@ __all__ = ["KERNELS", "nnls_active_vjp", "nnls_active_vjp_batched", "nnls_active
 QP_OPTIMAL, QP_INFEASIBLE, QP_MAX_ITER = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _chol_solve(M, B):
     """Solve ``M X = B`` for SPD ``M`` (k, k) and ``B`` (k, r); return ``(X, ok)``.
 
@@ -84,7 +84,7 @@ def _chol_solve(M, B):
     return X, ok
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _chol_inplace(M, k, L):
     """Cholesky factor of ``M[:k, :k]`` into ``L[:k, :k]``; False if not positive definite."""
     scale = 0.0
@@ -105,7 +105,7 @@ def _chol_inplace(M, k, L):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _chol_apply(L, k, b, out):
     """``out = (L L^T)^{-1} b`` on the leading ``k`` entries."""
     for i in range(k):
