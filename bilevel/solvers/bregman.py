@@ -168,7 +168,7 @@ def bregman_quadratic(H, c, x0, kind, tau, n_steps, tol):
     return x, n_iter, residual
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _segmentation_gradient(C, mu, alpha, X):
     """``C + alpha X + mu L X``, ``L`` the 4-neighbour graph Laplacian of the pixel grid.
 

@@ -209,7 +209,7 @@ def tv_l1_gap(s, y, lam, order):
     return primal - dual
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tv_l1_gap_dual(y, u, lam, order):
     """Duality gap at ``y = s - D^T u``, ``|u| <= lam``, without cancellation.
 
@@ -354,7 +354,7 @@ def tv_dual_from_primal(s, y, order):
     return band_solve(L, diff_forward(s - y, order))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _zero_set(Dy, zero_tol):
     return np.flatnonzero(np.abs(Dy) <= zero_tol)
 
