@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from bilevel.solvers.cholesky import cholesky_solve
+from bilevel.solvers.reductions import max_nan
 
 __all__ = ["KERNELS", "logistic_l2_energy", "newton_logistic_l2", "warmup"]
 
@@ -107,7 +108,7 @@ def newton_logistic_l2(X, y, lam, w0, tol, max_iter):
                 g[j] += X[i, j] * r
         residual = 0.0
         for j in range(p):
-            residual = max(residual, abs(g[j]))
+            residual = max_nan(residual, abs(g[j]))
         residual /= gscale
         if residual <= tol or it == max_iter:
             return w, it, residual

@@ -20,6 +20,8 @@ Both stop on the KKT residual of :func:`tv2d_kkt_residual`.
 import numpy as np
 from numba import njit
 
+from bilevel.solvers.reductions import max_nan
+
 __all__ = ["KERNELS", "blur_apply", "data_gradient", "div2d", "gaussian_kernel", "grad2d",
            "project_balls", "tv2d_kkt_residual", "tv2d_solve", "tv2d_steps", "warmup"]
 
@@ -156,8 +158,8 @@ def tv2d_kkt_residual(u, p, f, lam, w, identity):
     stat = 0.0
     for i in range(H):
         for j in range(W):
-            fs = max(fs, abs(f[i, j]))
-            stat = max(stat, abs(data[i, j] - dp[i, j]))
+            fs = max_nan(fs, abs(f[i, j]))
+            stat = max_nan(stat, abs(data[i, j] - dp[i, j]))
     if fs == 0.0:
         fs = 1.0
     stat /= fs
@@ -172,7 +174,7 @@ def tv2d_kkt_residual(u, p, f, lam, w, identity):
     if energy == 0.0:
         energy = 1.0
     comp = comp / fs / fs / energy
-    return max(stat, comp)
+    return max_nan(stat, comp)
 
 
 # Step sizes (tau, sigma). A = I: tau sigma ||grad||^2 < 1. Otherwise (||A|| <= 1 for a

@@ -42,6 +42,16 @@ def test_solution_satisfies_the_kkt_conditions(blocks, operator, rng):
     assert tv2d_kkt_residual(u, p, f, 0.1, prob.kernel, operator == "identity") <= 1e-9
 
 
+
+@pytest.mark.parametrize("operator", ["identity", "blur"])
+def test_kkt_residual_of_a_nan_iterate_is_nan(blocks, operator, rng):
+    """A diverged iterate must not pass the stopping test: its residual is NaN, not small."""
+    prob = bl.problems.TV2D(operator)
+    f = blocks(rng)
+    u, p = f.copy(), np.zeros((2,) + f.shape)
+    u[1, 2] = np.nan
+    assert np.isnan(tv2d_kkt_residual(u, p, f, 0.1, prob.kernel, operator == "identity"))
+
 def gradient_matrix(shape):
     """Dense forward differences (Neumann), stacked (vertical; horizontal), in NumPy."""
     H, W = shape

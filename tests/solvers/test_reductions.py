@@ -1,11 +1,11 @@
-"""max_abs, sum_abs, mean: the loop reductions the kernels use instead of numba's array methods."""
+"""max_abs, max_nan, sum_abs, mean: the kernels' loop reductions, checked against NumPy."""
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bilevel.solvers.reductions import max_abs, mean, sum_abs
+from bilevel.solvers.reductions import max_abs, max_nan, mean, sum_abs
 
 FINITE = st.floats(-1e6, 1e6, allow_nan=False)
 
@@ -24,3 +24,16 @@ def test_views_and_empty_arrays():
     X = np.array([[1.0, -3.0], [-2.0, 0.5]])
     assert max_abs(X[:, 0]) == 2.0 and sum_abs(X[:, 1]) == 3.5    # a strided column
     assert max_abs(np.empty(0)) == 0.0 and sum_abs(np.empty(0)) == 0.0
+
+
+@given(arrays(np.float64, st.integers(1, 20), elements=FINITE), st.data())
+def test_a_nan_propagates_as_through_numpy(x, data):
+    """A residual of a diverged iterate must read NaN, never small: like np.max, np.maximum."""
+    x[data.draw(st.integers(0, x.size - 1))] = np.nan
+    assert np.isnan(max_abs(x)) and np.isnan(np.max(np.abs(x)))
+    assert np.isnan(sum_abs(x))
+    a = data.draw(FINITE)
+    for args in ((a, np.nan), (np.nan, a), (np.nan, np.nan)):
+        assert np.isnan(max_nan(*args)) and np.isnan(np.maximum(*args))
+    b = data.draw(FINITE)
+    assert max_nan(a, b) == max(a, b)
