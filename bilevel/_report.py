@@ -144,11 +144,15 @@ def _format_grad(parts):
 
 
 def _format_time(seconds):
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
+    """Three significant digits in the largest unit that keeps the value under 1000.
+
+    ``157 us``, ``5.69 ms``, ``823 ms``, ``2.04 s``: the table's time column stays 6-7 wide.
+    """
+    for unit, per_second in (("us", 1e6), ("ms", 1e3), ("s", 1.0)):
+        value = f"{seconds * per_second:.3g}"
+        if float(value) < 1000:
+            return f"{value} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _format_bytes(n):

@@ -55,6 +55,15 @@ def test_compare_refuses_bad_timing_arguments(kwargs, message):
         bl.compare(bl.problems.Ridge(X, y), bl.losses.SquaredError(X, y), 0.3, **kwargs)
 
 
+@pytest.mark.parametrize("seconds, shown", [
+    (1.5e-7, "0.15 us"), (1.57e-4, "157 us"), (9.996e-4, "1 ms"), (5.694e-3, "5.69 ms"),
+    (0.82344, "823 ms"), (2.04, "2.04 s"), (999.6, "1000 s"), (1234.5, "1234 s")])
+def test_times_print_three_significant_digits_in_the_unit_that_keeps_them_under_1000(
+        seconds, shown):
+    from bilevel._report import _format_time
+    assert _format_time(seconds) == shown
+
+
 def test_exports(ridge_report, tmp_path):
     data = json.loads(ridge_report.to_json())
     assert data["reference"] == "analytic" and len(data["rows"]) == 8
