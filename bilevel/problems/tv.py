@@ -71,8 +71,8 @@ def _kernel(name, S):
     return pick_kernel(tv, name, S.size >= _PARALLEL_MIN)
 
 
-# cond(D D^T) above which an unconverged order-2/3 solve is the Cholesky's breakdown (seen
-# from 1e20 on), and the size the error recommends (cond <= 1e18).
+# cond(D D^T) above which an unconverged order-2/3 solve is the banded LDL^T's breakdown
+# (seen from 4.5e19 on), and the size the error recommends (cond <= 1e18).
 _COND_BREAKDOWN = 1e19
 _COND_SAFE = 1e18
 
@@ -104,7 +104,7 @@ class TV1D(Problem):
     ``s`` has shape (n,) with ``n > order``; ``lam`` is a scalar >= 0. Solvers
     (:mod:`bilevel.solvers.tv`): order 1 l1 by Condat's exact direct algorithm; orders 2-3
     l1 by projected Newton on the dual (exact once the active set is identified); l2 by a
-    banded Cholesky solve. ``Solution.info`` holds ``gap`` and, for l1, ``jumps`` (indices
+    banded LDL^T solve. ``Solution.info`` holds ``gap`` and, for l1, ``jumps`` (indices
     ``i`` with ``(D^k y*)_i != 0``). Capabilities: ``manifold``, ``mirror`` (a Bregman
     primal-dual method) and the exact ``analytic_vjp``, the manifold's projector
     ``P = I - D_Z^T (D_Z D_Z^T)^{-1} D_Z`` by a banded solve (order 1: segment means) (l1);
@@ -198,7 +198,7 @@ class TV1D(Problem):
                 u0 = tv_dual_from_primal(s, x0, self.order)
                 y, _, n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol,
                                                    self.max_iter)
-            except ZeroDivisionError:           # a zero pivot of the banded Cholesky
+            except np.linalg.LinAlgError:       # a pivot <= 0 of the banded LDL^T
                 raise self._conditioning_error(s.shape[0]) from None
             if gap > self.tol and self._condition(s.shape[0]) > _COND_BREAKDOWN:
                 raise self._conditioning_error(s.shape[0])
@@ -214,12 +214,12 @@ class TV1D(Problem):
         return (2.0 * n / np.pi) ** (2 * self.order)
 
     def _conditioning_error(self, n):
-        """Return the ValueError of a banded Cholesky of ``D D^T`` that broke down."""
+        """Return the ValueError of a banded LDL^T of ``D D^T`` that broke down."""
         n_max = int(np.pi / 2 * _COND_SAFE ** (1 / (2 * self.order)))
         return ValueError(
             f"TV1D(order={self.order}) on s of n={n} samples: the banded system D D^T of the "
             f"order-{self.order} differences has condition number about (2n/pi)^"
-            f"{2 * self.order} = {self._condition(n):.1e}, beyond float64 (its Cholesky "
+            f"{2 * self.order} = {self._condition(n):.1e}, beyond float64 (its factorization "
             f"breaks down); denoise s in overlapping windows of at most {n_max} samples, or "
             "use a lower order")
 

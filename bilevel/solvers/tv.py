@@ -9,7 +9,7 @@ with ``D^k`` the k-th forward difference, shape ``(n - k, n)``. Solvers:
   for 1D total variation denoising", IEEE Signal Process. Lett. 2013);
 - any order, l1: projected Newton on the dual box QP
   ``min_{|u| <= lam} 1/2 ||s - D^T u||^2`` (Bertsekas, SIAM J. Control Optim. 1982), with
-  banded Cholesky solves on the free set; finite identification of the active set makes it
+  banded LDL^T solves on the free set; finite identification of the active set makes it
   exact to round-off; stopping rule: the duality gap;
 - l2: the banded system ``(I + lam D^T D) y = s``.
 
@@ -24,7 +24,7 @@ from bilevel.solvers.assign import assign
 from bilevel.solvers.reductions import max_abs, sum_abs
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["KERNELS", "band_cholesky", "band_solve", "diff_adjoint", "diff_forward",
+__all__ = ["KERNELS", "band_ldlt", "band_solve", "diff_adjoint", "diff_forward",
            "diff_gram_band", "tv1d_condat", "tv1d_condat_batched", "tv1d_condat_rows",
            "tv1d_segments_vjp", "tv1d_segments_vjp_batched", "tv1d_segments_vjp_rows",
            "tv_dual_from_primal", "tv_dual_newton",
@@ -81,48 +81,77 @@ def diff_gram_band(order):
 
 
 @njit(cache=True)
-def band_cholesky(A):
-    """Cholesky factor of a symmetric banded matrix in lower band storage.
+def band_ldlt(A):
+    """``L D L^T`` factor of a symmetric banded matrix in lower band storage.
 
-    ``A[i, d] = M[i, i - d]`` for ``d = 0..k``. Returns ``(L, ok)`` in the same storage;
-    ``ok`` is False when a pivot is not positive.
+    ``A[i, d] = M[i, i - d]`` for ``d = 0..k``. Returns ``F`` in the same storage:
+    ``F[i, d] = L[i, i - d]`` for ``d >= 1`` (``L`` unit lower triangular) and
+    ``F[i, 0] = 1 / D[i, i]``. No square roots, and one division per row: the
+    factorization's and the substitutions' sequential chains carry multiplications.
+    Raises ``LinAlgError`` at a pivot <= 0 (``M`` not positive definite in float64).
     """
-    m, kp1 = A.shape
-    k = kp1 - 1
-    L = np.zeros_like(A)
-    for i in range(m):
-        for d in range(min(i, k), -1, -1):
-            j = i - d
-            s = A[i, d]
-            for col in range(max(i - k, 0), j):
-                s -= L[i, i - col] * L[j, j - col]
-            if d == 0:
-                if not s > 0.0:
-                    return L, False
-                L[i, 0] = np.sqrt(s)
-            else:
-                L[i, d] = s / L[j, 0]
-    return L, True
+    F = A.copy()
+    if not _band_ldlt_inplace(F, A.shape[0]):
+        raise np.linalg.LinAlgError("banded LDL^T: a pivot <= 0, the matrix is not "
+                                    "positive definite in float64")
+    return F
 
 
 @njit(cache=True)
-def band_solve(L, b):
-    """Solve ``L L^T x = b`` with ``L`` from :func:`band_cholesky`."""
-    m, kp1 = L.shape
-    k = kp1 - 1
-    z = np.empty(m)
-    for i in range(m):
-        s = b[i]
-        for col in range(max(i - k, 0), i):
-            s -= L[i, i - col] * z[col]
-        z[i] = s / L[i, 0]
-    x = np.empty(m)
-    for i in range(m - 1, -1, -1):
-        s = z[i]
-        for row in range(i + 1, min(m, i + k + 1)):
-            s -= L[row, row - i] * x[row]
-        x[i] = s / L[i, 0]
+def _band_ldlt_inplace(A, rows):
+    """Overwrite the first ``rows`` rows of ``A`` by their :func:`band_ldlt` factor.
+
+    Returns False at a pivot <= 0 (the rows from there on are then not a factor).
+
+    Row ``i`` first holds ``E[i, j] = L[i, j] D[j, j] = M[i, j] - sum_{c < j} E[i, c] L[j, c]``
+    (from the band's far end inwards, so that the ``E[i, c]`` it needs are ready), then
+    ``D[i, i] = M[i, i] - sum_j E[i, j] L[i, j]``, then ``L[i, j] = E[i, j] / D[j, j]``.
+    """
+    k = A.shape[1] - 1
+    for i in range(rows):
+        first = max(i - k, 0)
+        for j in range(first, i):
+            s = A[i, i - j]
+            for c in range(first, j):
+                s -= A[i, i - c] * A[j, j - c]
+            A[i, i - j] = s
+        pivot = A[i, 0]
+        for j in range(first, i):
+            e = A[i, i - j]
+            lij = e * A[j, 0]
+            pivot -= e * lij
+            A[i, i - j] = lij
+        if not pivot > 0.0:
+            return False
+        A[i, 0] = 1.0 / pivot
+    return True
+
+
+@njit(cache=True)
+def band_solve(F, b):
+    """Solve ``M x = b`` with ``F`` from :func:`band_ldlt`."""
+    x = b.copy()
+    _band_solve_inplace(F, x, F.shape[0])
     return x
+
+
+@njit(cache=True)
+def _band_solve_inplace(F, w, rows):
+    """Overwrite ``w[:rows]`` by ``M^{-1} w`` (the first ``rows`` rows of ``F``).
+
+    ``L z = w`` forward, then ``L^T x = D^{-1} z`` backward, both in ``w``.
+    """
+    k = F.shape[1] - 1
+    for i in range(rows):
+        s = w[i]
+        for c in range(max(i - k, 0), i):
+            s -= F[i, i - c] * w[c]
+        w[i] = s
+    for i in range(rows - 1, -1, -1):
+        s = w[i] * F[i, 0]
+        for row in range(i + 1, min(rows, i + k + 1)):
+            s -= F[row, row - i] * w[row]
+        w[i] = s
 
 
 @njit(cache=True)
@@ -209,33 +238,72 @@ def tv_l1_gap(s, y, lam, order):
     return primal - dual
 
 
-@njit(cache=True, inline="always")
-def _tv_l1_gap_dual(y, u, lam, order):
-    """Duality gap at ``y = s - D^T u``, ``|u| <= lam``, without cancellation.
+@njit(cache=True)
+def _forward_into(y, order, out):
+    """``out[:n - order] = D^k y``, in place of :func:`diff_forward` and bitwise equal to it."""
+    n = y.shape[0]
+    for i in range(n):
+        out[i] = y[i]
+    for p in range(order):
+        for i in range(n - 1 - p):
+            out[i] = out[i + 1] - out[i]
+
+
+@njit(cache=True)
+def _residual_into(s, u, order, work, y):
+    """``y = s - (D^k)^T u`` with ``work`` (length n) as scratch; bitwise :func:`diff_adjoint`.
+
+    Each pass grows the vector by one, ``w_j <- w_{j-1} - w_j``, right to left in place.
+    """
+    size = u.shape[0]
+    for i in range(size):
+        work[i] = u[i]
+    for _ in range(order):
+        work[size] = work[size - 1]
+        for j in range(size - 1, 0, -1):
+            work[j] = work[j - 1] - work[j]
+        work[0] = 0.0 - work[0]
+        size += 1
+    for j in range(size):
+        y[j] = s[j] - work[j]
+
+
+@njit(cache=True)
+def _tv_l1_gap_dual(y, u, lam, order, work, g):
+    """Duality gap at ``y = s - D^T u``, ``|u| <= lam``, without cancellation; ``g = -D^k y``.
 
     ``P(y) - D(u) = sum_i (lam |(D^k y)_i| - u_i (D^k y)_i)``: a sum of non-negative terms,
     exact to rounding relative to the gap itself, where :func:`tv_l1_gap`'s difference of
     two ``||s||^2/2``-sized numbers has a floor of ``n eps ||s||^2`` (false non-convergence
-    at tight tolerances).
+    at tight tolerances). ``g`` receives the gradient of the dual objective in ``u``.
     """
-    Dy = diff_forward(y, order)
+    _forward_into(y, order, work)
     gap = 0.0
-    for i in range(Dy.shape[0]):
-        gap += max(lam * abs(Dy[i]) - u[i] * Dy[i], 0.0)
+    for i in range(u.shape[0]):
+        gap += max(lam * abs(work[i]) - u[i] * work[i], 0.0)
+        g[i] = -work[i]
     return gap
 
 
 @njit(cache=True)
 def _free_band(T, free, order):
     """Lower band storage of ``(D D^T)`` restricted to the indices ``free`` (sorted)."""
-    m = free.shape[0]
-    A = np.zeros((m, order + 1))
-    for a in range(m):
+    A = np.empty((free.shape[0], order + 1))
+    _free_band_into(T, free, free.shape[0], A)
+    return A
+
+
+@njit(cache=True)
+def _free_band_into(T, free, rows, A):
+    """:func:`_free_band` of ``free[:rows]`` into the first ``rows`` rows of ``A``."""
+    order = A.shape[1] - 1
+    for a in range(rows):
+        for d in range(order + 1):
+            A[a, d] = 0.0
         for d in range(min(a, order) + 1):
             gap = free[a] - free[a - d]
             if gap <= order:
                 A[a, d] = T[gap]
-    return A
 
 
 @njit(cache=True)
@@ -247,7 +315,8 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
     own scale: ``(c s, c lam)`` stops where ``(s, lam)`` does), summed term by term
     (:func:`_tv_l1_gap_dual`), net of its rounding uncertainty
     ``2^(k+1) eps lam sqrt(n - k) (||s||_inf + 2^k lam)`` (no false non-convergence where
-    the gap is rounding noise, near ``lam_max``).
+    the gap is rounding noise, near ``lam_max``). Every iterate lives in buffers allocated
+    once: an iteration allocates nothing.
     """
     n = s.shape[0]
     m = n - order
@@ -267,37 +336,50 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
     # 2 lam over m terms that add up like a random walk (sqrt(m)). Below it the gap is noise.
     floor = (2.0 ** (order + 1) * np.finfo(np.float64).eps * lam * np.sqrt(m)
              * (smax + 2.0 ** order * lam))
-    y = s - diff_adjoint(u, order)
-    gap = _tv_l1_gap_dual(y, u, lam, order)
+    work = np.empty(n)
+    y = np.empty(n)
+    y_new = np.empty(n)
+    g = np.empty(m)                     # gradient of q(u) = ||y||^2 / 2: -D^k y
+    u_new = np.empty(m)
+    du = np.empty(m)
+    step = np.empty(m)
+    free = np.empty(m, dtype=np.int64)
+    band = np.empty((m, order + 1))
+    _residual_into(s, u, order, work, y)
+    gap = _tv_l1_gap_dual(y, u, lam, order, work, g)
     it = 0
     while gap > tol * scale + floor and it < max_iter:
         it += 1
-        g = -diff_forward(y, order)                      # gradient of q(u) = ||y||^2 / 2
-        free_mask = np.ones(m, dtype=np.bool_)
+        n_free = 0
         for i in range(m):
-            if (u[i] <= -lam and g[i] > 0.0) or (u[i] >= lam and g[i] < 0.0):
-                free_mask[i] = False
-        free = np.flatnonzero(free_mask)
-        if free.shape[0] == 0:
+            if not ((u[i] <= -lam and g[i] > 0.0) or (u[i] >= lam and g[i] < 0.0)):
+                free[n_free] = i
+                n_free += 1
+        if n_free == 0:
             break
-        L, ok = band_cholesky(_free_band(T, free, order))
-        if not ok:
+        _free_band_into(T, free, n_free, band)
+        if not _band_ldlt_inplace(band, n_free):
             break
-        step = band_solve(L, g[free])
+        for a in range(n_free):
+            step[a] = g[free[a]]
+        _band_solve_inplace(band, step, n_free)
         q0 = 0.5 * np.dot(y, y)
         t = 1.0
         for _ in range(60):
-            u_new = u.copy()
-            for a in range(free.shape[0]):
+            for i in range(m):
+                u_new[i] = u[i]
+            for a in range(n_free):
                 i = free[a]
                 u_new[i] = min(max(u[i] - t * step[a], -lam), lam)
-            y_new = s - diff_adjoint(u_new, order)
-            if 0.5 * np.dot(y_new, y_new) <= q0 + 1e-4 * np.dot(g, u_new - u) \
-                    + 1e-15 * q0:
+            _residual_into(s, u_new, order, work, y_new)
+            for i in range(m):
+                du[i] = u_new[i] - u[i]
+            if 0.5 * np.dot(y_new, y_new) <= q0 + 1e-4 * np.dot(g, du) + 1e-15 * q0:
                 break
             t *= 0.5
-        u, y = u_new, y_new
-        gap = _tv_l1_gap_dual(y, u, lam, order)
+        u, u_new = u_new, u
+        y, y_new = y_new, y
+        gap = _tv_l1_gap_dual(y, u, lam, order, work, g)
     return y, u, it, max(gap - floor, 0.0) / scale
 
 
@@ -332,9 +414,9 @@ def tv_l2_band(n, lam, order):
 
 @njit(cache=True)
 def tv_l2(s, lam, order):
-    """``(I + lam D^T D)^{-1} s`` by banded Cholesky, O(n k^2)."""
-    L, _ = band_cholesky(tv_l2_band(s.shape[0], lam, order))
-    return band_solve(L, s)
+    """``(I + lam D^T D)^{-1} s`` by a banded LDL^T factorization, O(n k^2)."""
+    F = band_ldlt(tv_l2_band(s.shape[0], lam, order))
+    return band_solve(F, s)
 
 
 @njit(cache=True, parallel=True)
@@ -350,8 +432,8 @@ def tv_l2_batched(S, lam, order):
 def tv_dual_from_primal(s, y, order):
     """Return the dual ``u`` with ``(D^k)^T u = s - y`` (``D^T`` is injective), O(n)."""
     m = s.shape[0] - order
-    L, _ = band_cholesky(_free_band(diff_gram_band(order), np.arange(m), order))
-    return band_solve(L, diff_forward(s - y, order))
+    F = band_ldlt(_free_band(diff_gram_band(order), np.arange(m), order))
+    return band_solve(F, diff_forward(s - y, order))
 
 
 @njit(cache=True, inline="always")
@@ -368,10 +450,10 @@ def tv_project(v, zero, order):
     """
     if zero.shape[0] == 0:
         return v.copy()
-    L, _ = band_cholesky(_free_band(diff_gram_band(order), zero, order))
+    F = band_ldlt(_free_band(diff_gram_band(order), zero, order))
     Dv = diff_forward(v, order)
     w = np.zeros(v.shape[0] - order)
-    solved = band_solve(L, Dv[zero])
+    solved = band_solve(F, Dv[zero])
     for a in range(zero.shape[0]):
         w[zero[a]] = solved[a]
     return v - diff_adjoint(w, order)

@@ -169,9 +169,9 @@ def test_tv1d_scaled_data_scales_the_solution(scale):
 
 
 def test_tv1d_names_the_conditioning_of_long_high_order_signals():
-    """Order 3 on 4500 samples: cond(D D^T) ~ (2n/pi)^6 = 5.5e20 breaks the banded Cholesky."""
-    s = np.random.default_rng(0).standard_normal(4500)
-    with pytest.raises(ValueError, match=r"condition number about \(2n/pi\)\^6 = 5.5e\+20.*"
+    """Order 3 on 10^4 samples: cond(D D^T) ~ (2n/pi)^6 = 6.7e22 breaks the banded LDL^T."""
+    s = np.random.default_rng(0).standard_normal(10_000)
+    with pytest.raises(ValueError, match=r"condition number about \(2n/pi\)\^6 = 6.7e\+22.*"
                                          "windows of at most 1570 samples"):
         bl.problems.TV1D(order=3).solve((s, 1.0))
     layer = bl.torch.Layer(bl.problems.TV1D(order=3), "analytic")
