@@ -51,9 +51,13 @@ __all__ = ["CAPABILITY_NAMES", "KKT", "Capabilities", "Problem", "check_array", 
 
 
 def check_array(value, name, *, ndim=None, shape=None):
-    """Return ``value`` as a finite float64 array, or raise ValueError naming ``name``."""
+    """Return ``value`` as a finite float64 array, or raise ValueError naming ``name``.
+
+    The array is C-contiguous (a strided view, a column of a matrix, is copied): the kernels
+    are compiled for that one layout, and another layout would compile them again.
+    """
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value, dtype=np.float64, order="C")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a real array, got {type(value).__name__}") from exc
     if ndim is not None and arr.ndim not in np.atleast_1d(ndim):

@@ -202,3 +202,19 @@ def test_bad_input_is_named(bad, match):
     X, y = regression_data(20, 5, seed=0)
     with pytest.raises(ValueError, match=match):
         bad(X, y)
+
+
+def test_strided_data_reuse_the_kernel_compiled_for_contiguous_data():
+    """A column of a matrix as y, X in Fortran order: no second specialization of the kernel
+    (another numba compile, seconds, and its performance warnings)."""
+    from bilevel.solvers.coordinate_descent import enet_cd
+
+    X, y = regression_data(40, 6, seed=3)
+    bl.problems.Lasso(X, y).solve(0.05)
+    compiled = set(enet_cd.signatures)
+    strided_y = np.stack([y, -y], axis=1)[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = bl.problems.Lasso(np.asfortranarray(X), strided_y).solve(0.05).x
+    assert set(enet_cd.signatures) == compiled
+    np.testing.assert_array_equal(x, bl.problems.Lasso(X, y).solve(0.05).x)
