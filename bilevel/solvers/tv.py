@@ -24,7 +24,7 @@ from bilevel.solvers.assign import assign
 from bilevel.solvers.reductions import max_abs, sum_abs
 from bilevel.solvers.serial import serial_twin
 
-__all__ = ["KERNELS", "band_ldlt", "band_solve", "diff_adjoint", "diff_forward",
+__all__ = ["KERNELS", "band_ldlt", "band_solve", "banded_solve", "diff_adjoint", "diff_forward",
            "diff_gram_band", "tv1d_condat", "tv1d_condat_batched", "tv1d_condat_rows",
            "tv1d_segments_vjp", "tv1d_segments_vjp_batched", "tv1d_segments_vjp_rows",
            "tv_dual_from_primal", "tv_dual_newton",
@@ -81,27 +81,15 @@ def diff_gram_band(order):
 
 
 @njit(cache=True)
-def band_ldlt(A):
-    """``L D L^T`` factor of a symmetric banded matrix in lower band storage.
+def band_ldlt(A, rows):
+    """Overwrite the first ``rows`` rows of ``A`` by their ``L D L^T`` factor, in place.
 
-    ``A[i, d] = M[i, i - d]`` for ``d = 0..k``. Returns ``F`` in the same storage:
-    ``F[i, d] = L[i, i - d]`` for ``d >= 1`` (``L`` unit lower triangular) and
-    ``F[i, 0] = 1 / D[i, i]``. No square roots, and one division per row: the
-    factorization's and the substitutions' sequential chains carry multiplications.
-    Raises ``LinAlgError`` at a pivot <= 0 (``M`` not positive definite in float64).
-    """
-    F = A.copy()
-    if not _band_ldlt_inplace(F, A.shape[0]):
-        raise np.linalg.LinAlgError("banded LDL^T: a pivot <= 0, the matrix is not "
-                                    "positive definite in float64")
-    return F
-
-
-@njit(cache=True)
-def _band_ldlt_inplace(A, rows):
-    """Overwrite the first ``rows`` rows of ``A`` by their :func:`band_ldlt` factor.
-
-    Returns False at a pivot <= 0 (the rows from there on are then not a factor).
+    ``A`` holds a symmetric banded matrix ``M`` in lower band storage,
+    ``A[i, d] = M[i, i - d]`` for ``d = 0..k``; the factor takes the same storage:
+    ``L[i, i - d]`` for ``d >= 1`` (``L`` unit lower triangular) and ``1 / D[i, i]`` for
+    ``d = 0``. No square roots, and one division per row: the factorization's and the
+    substitutions' sequential chains carry multiplications. Returns False at a pivot <= 0
+    (``M`` not positive definite in float64; the rows from there on are then no factor).
 
     Row ``i`` first holds ``E[i, j] = L[i, j] D[j, j] = M[i, j] - sum_{c < j} E[i, c] L[j, c]``
     (from the band's far end inwards, so that the ``E[i, c]`` it needs are ready), then
@@ -128,16 +116,8 @@ def _band_ldlt_inplace(A, rows):
 
 
 @njit(cache=True)
-def band_solve(F, b):
-    """Solve ``M x = b`` with ``F`` from :func:`band_ldlt`."""
-    x = b.copy()
-    _band_solve_inplace(F, x, F.shape[0])
-    return x
-
-
-@njit(cache=True)
-def _band_solve_inplace(F, w, rows):
-    """Overwrite ``w[:rows]`` by ``M^{-1} w`` (the first ``rows`` rows of ``F``).
+def band_solve(F, w, rows):
+    """Overwrite ``w[:rows]`` by ``M^{-1} w``, ``F`` the :func:`band_ldlt` factor of ``M``.
 
     ``L z = w`` forward, then ``L^T x = D^{-1} z`` backward, both in ``w``.
     """
@@ -152,6 +132,19 @@ def _band_solve_inplace(F, w, rows):
         for row in range(i + 1, min(rows, i + k + 1)):
             s -= F[row, row - i] * w[row]
         w[i] = s
+
+
+@njit(cache=True)
+def banded_solve(A, b):
+    """Return ``M^{-1} b`` for ``M`` in lower band storage ``A``; both are overwritten.
+
+    Raises ``LinAlgError`` when ``M`` is not positive definite in float64.
+    """
+    if not band_ldlt(A, A.shape[0]):
+        raise np.linalg.LinAlgError("banded LDL^T: a pivot <= 0, the matrix is not "
+                                    "positive definite in float64")
+    band_solve(A, b, A.shape[0])
+    return b
 
 
 @njit(cache=True)
@@ -238,7 +231,7 @@ def tv_l1_gap(s, y, lam, order):
     return primal - dual
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _forward_into(y, order, out):
     """``out[:n - order] = D^k y``, in place of :func:`diff_forward` and bitwise equal to it."""
     n = y.shape[0]
@@ -249,7 +242,7 @@ def _forward_into(y, order, out):
             out[i] = out[i + 1] - out[i]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _residual_into(s, u, order, work, y):
     """``y = s - (D^k)^T u`` with ``work`` (length n) as scratch; bitwise :func:`diff_adjoint`.
 
@@ -268,7 +261,7 @@ def _residual_into(s, u, order, work, y):
         y[j] = s[j] - work[j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tv_l1_gap_dual(y, u, lam, order, work, g):
     """Duality gap at ``y = s - D^T u``, ``|u| <= lam``, without cancellation; ``g = -D^k y``.
 
@@ -286,16 +279,8 @@ def _tv_l1_gap_dual(y, u, lam, order, work, g):
 
 
 @njit(cache=True)
-def _free_band(T, free, order):
-    """Lower band storage of ``(D D^T)`` restricted to the indices ``free`` (sorted)."""
-    A = np.empty((free.shape[0], order + 1))
-    _free_band_into(T, free, free.shape[0], A)
-    return A
-
-
-@njit(cache=True)
-def _free_band_into(T, free, rows, A):
-    """:func:`_free_band` of ``free[:rows]`` into the first ``rows`` rows of ``A``."""
+def _free_band(T, free, rows, A):
+    """Lower band storage of ``(D D^T)`` restricted to ``free[:rows]`` (sorted), into ``A``."""
     order = A.shape[1] - 1
     for a in range(rows):
         for d in range(order + 1):
@@ -337,7 +322,6 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
     floor = (2.0 ** (order + 1) * np.finfo(np.float64).eps * lam * np.sqrt(m)
              * (smax + 2.0 ** order * lam))
     work = np.empty(n)
-    y = np.empty(n)
     y_new = np.empty(n)
     g = np.empty(m)                     # gradient of q(u) = ||y||^2 / 2: -D^k y
     u_new = np.empty(m)
@@ -345,10 +329,12 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
     step = np.empty(m)
     free = np.empty(m, dtype=np.int64)
     band = np.empty((m, order + 1))
-    _residual_into(s, u, order, work, y)
-    gap = _tv_l1_gap_dual(y, u, lam, order, work, g)
+    y = s - diff_adjoint(u, order)
     it = 0
-    while gap > tol * scale + floor and it < max_iter:
+    while True:
+        gap = _tv_l1_gap_dual(y, u, lam, order, work, g)
+        if not (gap > tol * scale + floor and it < max_iter):
+            break
         it += 1
         n_free = 0
         for i in range(m):
@@ -357,12 +343,12 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
                 n_free += 1
         if n_free == 0:
             break
-        _free_band_into(T, free, n_free, band)
-        if not _band_ldlt_inplace(band, n_free):
+        _free_band(T, free, n_free, band)
+        if not band_ldlt(band, n_free):
             break
         for a in range(n_free):
             step[a] = g[free[a]]
-        _band_solve_inplace(band, step, n_free)
+        band_solve(band, step, n_free)
         q0 = 0.5 * np.dot(y, y)
         t = 1.0
         for _ in range(60):
@@ -379,7 +365,6 @@ def tv_dual_newton(s, lam, order, u0, tol, max_iter):
             t *= 0.5
         u, u_new = u_new, u
         y, y_new = y_new, y
-        gap = _tv_l1_gap_dual(y, u, lam, order, work, g)
     return y, u, it, max(gap - floor, 0.0) / scale
 
 
@@ -415,8 +400,7 @@ def tv_l2_band(n, lam, order):
 @njit(cache=True)
 def tv_l2(s, lam, order):
     """``(I + lam D^T D)^{-1} s`` by a banded LDL^T factorization, O(n k^2)."""
-    F = band_ldlt(tv_l2_band(s.shape[0], lam, order))
-    return band_solve(F, s)
+    return banded_solve(tv_l2_band(s.shape[0], lam, order), s.copy())
 
 
 @njit(cache=True, parallel=True)
@@ -432,8 +416,9 @@ def tv_l2_batched(S, lam, order):
 def tv_dual_from_primal(s, y, order):
     """Return the dual ``u`` with ``(D^k)^T u = s - y`` (``D^T`` is injective), O(n)."""
     m = s.shape[0] - order
-    F = band_ldlt(_free_band(diff_gram_band(order), np.arange(m), order))
-    return band_solve(F, diff_forward(s - y, order))
+    band = np.empty((m, order + 1))
+    _free_band(diff_gram_band(order), np.arange(m), m, band)
+    return banded_solve(band, diff_forward(s - y, order))
 
 
 @njit(cache=True, inline="always")
@@ -450,10 +435,11 @@ def tv_project(v, zero, order):
     """
     if zero.shape[0] == 0:
         return v.copy()
-    F = band_ldlt(_free_band(diff_gram_band(order), zero, order))
+    band = np.empty((zero.shape[0], order + 1))
+    _free_band(diff_gram_band(order), zero, zero.shape[0], band)
     Dv = diff_forward(v, order)
     w = np.zeros(v.shape[0] - order)
-    solved = band_solve(F, Dv[zero])
+    solved = banded_solve(band, Dv[zero])
     for a in range(zero.shape[0]):
         w[zero[a]] = solved[a]
     return v - diff_adjoint(w, order)
