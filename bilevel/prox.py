@@ -405,10 +405,10 @@ class _TV1DProx(torch.autograd.Function):
         s = np.ascontiguousarray(z.detach().numpy(), dtype=np.float64)
         lam_f = float(lam)
         if order == 1:
-            y = tv1d_condat(s, lam_f)
+            y, u = tv1d_condat(s, lam_f), np.empty(0)
         else:
-            y = tv_dual_newton(s, lam_f, order, np.zeros(s.size - order), tol, max_iter)[0]
-        ctx.order, ctx.s, ctx.y, ctx.lam = order, s, y, lam_f
+            y, u = tv_dual_newton(s, lam_f, order, np.zeros(s.size - order), tol, max_iter)[:2]
+        ctx.order, ctx.s, ctx.y, ctx.u, ctx.lam = order, s, y, u, lam_f
         ctx.lam_shape = lam.shape
         return torch.from_numpy(y)
 
@@ -419,7 +419,7 @@ class _TV1DProx(torch.autograd.Function):
         zero_tol = TV1D.zero_tol(ctx.s)
         g_s, g_lam, _ = tv_manifold_vjp(ctx.s, ctx.y, ctx.lam, ctx.order,
                                         np.ascontiguousarray(grad.numpy(), dtype=np.float64),
-                                        zero_tol)
+                                        zero_tol, ctx.u)
         return (torch.from_numpy(g_s), torch.full(ctx.lam_shape, float(g_lam),
                                                   dtype=torch.float64), None, None, None)
 
@@ -461,7 +461,7 @@ class TV1D(Term):
         s = np.ascontiguousarray(z.detach().numpy(), dtype=np.float64)
         lam = float(t * np.asarray(w))
         y = self.prox(z.detach(), t, torch.as_tensor(np.asarray(w))).numpy()
-        return float(tv_manifold(s, y, lam, self.order, self.zero_tol(s))[2])
+        return float(tv_manifold(s, y, lam, self.order, self.zero_tol(s), np.empty(0))[2])
 
     def __repr__(self):
         return f"TV1D(order={self.order}, {super().__repr__()[5:]}"

@@ -77,6 +77,11 @@ _COND_BREAKDOWN = 1e19
 _COND_SAFE = 1e18
 
 
+def _dual(info):
+    """Return the solver's dual ``u`` a solution carries (orders 2-3), else an empty array."""
+    return info.get("dual", np.empty(0))
+
+
 def torch_diff(y, order):
     """``D^k y`` along the last axis, in torch."""
     return torch.diff(y, n=order, dim=-1)
@@ -105,7 +110,8 @@ class TV1D(Problem):
     (:mod:`bilevel.solvers.tv`): order 1 l1 by Condat's exact direct algorithm; orders 2-3
     l1 by projected Newton on the dual (exact once the active set is identified); l2 by a
     banded LDL^T solve. ``Solution.info`` holds ``gap`` and, for l1, ``jumps`` (indices
-    ``i`` with ``(D^k y*)_i != 0``). Capabilities: ``manifold``, ``mirror`` (a Bregman
+    ``i`` with ``(D^k y*)_i != 0``) and, for orders 2-3, ``dual`` (the solver's ``u``,
+    ``y* = s - (D^k)^T u``, ``|u| <= lam``). Capabilities: ``manifold``, ``mirror`` (a Bregman
     primal-dual method) and the exact ``analytic_vjp``, the manifold's projector
     ``P = I - D_Z^T (D_Z D_Z^T)^{-1} D_Z`` by a banded solve (order 1: segment means) (l1);
     ``optimality`` and ``analytic_vjp`` (l2); ``step`` and ``energy`` for both.
@@ -191,19 +197,20 @@ class TV1D(Problem):
         s, lam = theta[0], float(theta[1])
         if self.norm == "l2":
             return tv_l2(s, lam, self.order), 1, 0.0, {"gap": 0.0}
+        dual = {}
         if self.order == 1:
             y, n_iter, gap = tv1d_condat(s, lam), 1, 0.0
         else:
             try:
                 u0 = tv_dual_from_primal(s, x0, self.order)
-                y, _, n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol,
-                                                   self.max_iter)
+                y, dual["dual"], n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol,
+                                                              self.max_iter)
             except np.linalg.LinAlgError:       # a pivot <= 0 of the banded LDL^T
                 raise self._conditioning_error(s.shape[0]) from None
             if gap > self.tol and self._condition(s.shape[0]) > _COND_BREAKDOWN:
                 raise self._conditioning_error(s.shape[0])
         jumps = np.flatnonzero(np.abs(np.diff(y, self.order)) > self._zero_tol(s))
-        return y, n_iter, gap, {"gap": gap, "jumps": jumps}
+        return y, n_iter, gap, {"gap": gap, "jumps": jumps, **dual}
 
     def _condition(self, n):
         """Condition number of ``D D^T`` for the order-k differences of n samples.
@@ -317,7 +324,8 @@ class TV1D(Problem):
         self._require("l1", "active manifold")
         s, lam = (np.asarray(p, dtype=np.float64) for p in solution.theta)
         y, k = solution.x, self.order
-        zero, sigma, margin = tv_manifold(s, y, float(lam), k, self._zero_tol(s))
+        zero, sigma, margin = tv_manifold(s, y, float(lam), k, self._zero_tol(s),
+                                          _dual(solution.info))
 
         def theta_vjp(u):  # (d_theta grad_M E)^T u, grad_M E = P(y - s + lam D^T sigma)
             return -u, np.asarray(np.dot(sigma, diff_forward(u, k)))
@@ -345,7 +353,7 @@ class TV1D(Problem):
             g_s, g_lam, _ = tv1d_segments_vjp(s, solution.x, float(lam), v, self._zero_tol(s))
         else:
             g_s, g_lam, _ = tv_manifold_vjp(s, solution.x, float(lam), self.order, v,
-                                            self._zero_tol(s))
+                                            self._zero_tol(s), _dual(solution.info))
         return g_s, np.asarray(g_lam)
 
     # batched kernels for bl.torch.Layer ------------------------------------------------
@@ -357,7 +365,7 @@ class TV1D(Problem):
             Y = _kernel("tv1d_condat", S)(S, lam)
         else:
             U0 = np.zeros((S.shape[0], S.shape[1] - self.order))
-            Y, _, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
+            Y, U, _, gaps = _kernel("tv_dual_newton", S)(S, lam, self.order, U0, self.tol,
                                                          self.max_iter)
             if np.any(gaps > self.tol) and self._condition(S.shape[1]) > _COND_BREAKDOWN:
                 raise self._conditioning_error(S.shape[1])
@@ -370,6 +378,7 @@ class TV1D(Problem):
                               f"stopped at relative gap up to {gaps.max():.1e} > "
                               f"tol={self.tol:.0e}; raise max_iter", ConvergenceWarning,
                               stacklevel=4)
+            return BatchSolution(x=Y, parts=(S, lam), certificate={"dual": U})
         return BatchSolution(x=Y, parts=(S, lam))
 
     def _vjp_batch(self, batch, V):
@@ -384,7 +393,8 @@ class TV1D(Problem):
         if self.order == 1:
             G, g_lam, margins = _kernel("tv1d_segments_vjp", S)(S, Y, lam, V, tol)
         else:
-            G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol)
+            U = batch.certificate.get("dual", np.empty((S.shape[0], 0)))
+            G, g_lam, margins = _kernel("tv_manifold_vjp", S)(S, Y, lam, self.order, V, tol, U)
         return (G, g_lam), margins
 
     def _manifold_vjp_batch(self, batch, V, pinv=False):

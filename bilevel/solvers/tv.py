@@ -446,11 +446,13 @@ def tv_project(v, zero, order):
 
 
 @njit(cache=True)
-def tv_manifold(s, y, lam, order, zero_tol):
+def tv_manifold(s, y, lam, order, zero_tol, dual):
     """Zero set ``Z``, jump signs ``sigma`` (0 on Z) and non-degeneracy margin at ``y``.
 
     The margin is the smallest of ``1 - |u_i| / lam`` on ``Z`` (dual slack; ``u`` the dual)
-    and ``|(D^k y)_j| / max |D^k y|`` on the jumps.
+    and ``|(D^k y)_j| / max |D^k y|`` on the jumps. ``dual`` is the solver's ``u``
+    (``y = s - D^T u`` by construction, exact where recovering it from ``y`` through
+    ``D D^T``, whose condition number grows like ``n^(2k)``, is not); empty: recovered.
     """
     Dy = diff_forward(y, order)
     zero = _zero_set(Dy, zero_tol)
@@ -458,7 +460,7 @@ def tv_manifold(s, y, lam, order, zero_tol):
     sigma[zero] = 0.0
     margin = np.inf
     if zero.shape[0] > 0 and lam > 0.0:
-        u = tv_dual_from_primal(s, y, order)
+        u = dual if dual.shape[0] > 0 else tv_dual_from_primal(s, y, order)
         for i in zero:
             margin = min(margin, 1.0 - abs(u[i]) / lam)
     biggest = max_abs(Dy)
@@ -510,25 +512,31 @@ def tv1d_segments_vjp(s, y, lam, v, zero_tol):
 
 
 @njit(cache=True)
-def tv_manifold_vjp(s, y, lam, order, v, zero_tol):
-    """``(dy*/ds)^T v = P v`` and ``(dy*/dlam)^T v = -sigma^T D P v``, with the margin."""
+def tv_manifold_vjp(s, y, lam, order, v, zero_tol, dual):
+    """``(dy*/ds)^T v = P v`` and ``(dy*/dlam)^T v = -sigma^T D P v``, with the margin.
+
+    ``dual``: as for :func:`tv_manifold`.
+    """
     if order == 1:
         return tv1d_segments_vjp(s, y, lam, v, zero_tol)
-    zero, sigma, margin = tv_manifold(s, y, lam, order, zero_tol)
+    zero, sigma, margin = tv_manifold(s, y, lam, order, zero_tol, dual)
     pv = tv_project(v, zero, order)
     return pv, -np.dot(sigma, diff_forward(pv, order)), margin
 
 
 @njit(cache=True, parallel=True)
-def tv_manifold_vjp_batched(S, Y, lam, order, V, zero_tol):
-    """:func:`tv_manifold_vjp` for each row, in parallel: ``(G_s, g_lam, margins)``."""
+def tv_manifold_vjp_batched(S, Y, lam, order, V, zero_tol, U):
+    """:func:`tv_manifold_vjp` for each row, in parallel: ``(G_s, g_lam, margins)``.
+
+    ``U``: the solver's duals, one row each, or shape ``(b, 0)`` to recover them.
+    """
     b = S.shape[0]
     G = np.empty_like(S)
     g_lam = np.empty(b)
     margins = np.empty(b)
     for i in prange(b):
         g, g_lam[i], margins[i] = tv_manifold_vjp(S[i], Y[i], lam[i], order, V[i],
-                                                  zero_tol[i])
+                                                  zero_tol[i], U[i])
         assign(G[i], g)
     return G, g_lam, margins
 
@@ -598,14 +606,14 @@ def warmup(parallel=True):
         y, u, _, _ = tv_dual_newton(s, 0.5, order, np.zeros(5 - order), 1e-12, 50)
         tv_dual_newton_rows(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
         tv_dual_from_primal(s, y, order)
-        tv_manifold(s, y, 0.5, order, 1e-9)
-        tv_manifold_vjp(s, y, 0.5, order, s, 1e-9)
-        tv_manifold_vjp_rows(S, S, lams, order, S, zero_tol)
+        tv_manifold(s, y, 0.5, order, 1e-9, u)
+        tv_manifold_vjp(s, y, 0.5, order, s, 1e-9, u)
+        tv_manifold_vjp_rows(S, S, lams, order, S, zero_tol, np.zeros((2, 5 - order)))
         if parallel:
             tv_l2_batched(S, lams, order)
             tv_l2_vjp_batched(S, lams, order, S)
             tv_dual_newton_batched(S, lams, order, np.zeros((2, 5 - order)), 1e-12, 50)
-            tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol)
+            tv_manifold_vjp_batched(S, S, lams, order, S, zero_tol, np.zeros((2, 5 - order)))
         tv_project(s, np.arange(5 - order), order)
         diff_adjoint(diff_forward(s, order), order)
     tv1d_condat(s, 0.5)
