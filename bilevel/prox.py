@@ -395,19 +395,27 @@ class LinfBall(_Ball):
 
 
 # --------------------------------------------------------------------------------------
+def _tv1d_denoise(s, lam, order, tol, max_iter):
+    """Return ``(y, u)``: the TV denoising of ``s`` and its solver's dual.
+
+    ``u`` is empty for order 1, whose direct algorithm has no dual iterate; the manifold then
+    recovers it from ``y``, well conditioned at order 1.
+    """
+    from bilevel.solvers.tv import tv1d_condat, tv_dual_newton
+
+    if order == 1:
+        return tv1d_condat(s, lam), np.empty(0)
+    return tv_dual_newton(s, lam, order, np.zeros(s.size - order), tol, max_iter)[:2]
+
+
 class _TV1DProx(torch.autograd.Function):
     """``prox_{lam TV_k}(z)`` by the numba TV kernels; its VJP by the manifold projector."""
 
     @staticmethod
     def forward(ctx, z, lam, order, tol, max_iter):
-        from bilevel.solvers.tv import tv1d_condat, tv_dual_newton
-
         s = np.ascontiguousarray(z.detach().numpy(), dtype=np.float64)
         lam_f = float(lam)
-        if order == 1:
-            y, u = tv1d_condat(s, lam_f), np.empty(0)
-        else:
-            y, u = tv_dual_newton(s, lam_f, order, np.zeros(s.size - order), tol, max_iter)[:2]
+        y, u = _tv1d_denoise(s, lam_f, order, tol, max_iter)
         ctx.order, ctx.s, ctx.y, ctx.u, ctx.lam = order, s, y, u, lam_f
         ctx.lam_shape = lam.shape
         return torch.from_numpy(y)
@@ -447,21 +455,25 @@ class TV1D(Term):
         """``w sum |D^k x|``."""
         return w * torch.sum(torch.abs(torch.diff(x, n=self.order)))
 
-    def prox(self, z, t, w):
-        """TV denoising of ``z`` at ``t w``."""
+    @staticmethod
+    def _scalar(w):
         w = torch.as_tensor(w, dtype=torch.float64)
         if w.ndim:
             raise ValueError("the TV1D term takes a scalar weight")
-        return _TV1DProx.apply(z, t * w, self.order, self.tol, self.max_iter)
+        return w
+
+    def prox(self, z, t, w):
+        """TV denoising of ``z`` at ``t w``."""
+        return _TV1DProx.apply(z, t * self._scalar(w), self.order, self.tol, self.max_iter)
 
     def margin(self, z, t, w):
-        """Return the manifold margin of the TV denoising at ``z`` (its solver's)."""
+        """Return the manifold margin of the TV denoising at ``z`` (with its solver's dual)."""
         from bilevel.solvers.tv import tv_manifold
 
         s = np.ascontiguousarray(z.detach().numpy(), dtype=np.float64)
-        lam = float(t * np.asarray(w))
-        y = self.prox(z.detach(), t, torch.as_tensor(np.asarray(w))).numpy()
-        return float(tv_manifold(s, y, lam, self.order, self.zero_tol(s), np.empty(0))[2])
+        lam = float(t * self._scalar(w))
+        y, u = _tv1d_denoise(s, lam, self.order, self.tol, self.max_iter)
+        return float(tv_manifold(s, y, lam, self.order, self.zero_tol(s), u)[2])
 
     def __repr__(self):
         return f"TV1D(order={self.order}, {super().__repr__()[5:]}"
