@@ -202,7 +202,9 @@ class TV1D(Problem):
             y, n_iter, gap = tv1d_condat(s, lam), 1, 0.0
         else:
             try:
-                u0 = tv_dual_from_primal(s, x0, self.order)
+                # The default start y0 = s is the dual 0: no banded solve for it.
+                u0 = (np.zeros(s.size - self.order) if np.array_equal(x0, s)
+                      else tv_dual_from_primal(s, x0, self.order))
                 y, dual["dual"], n_iter, gap = tv_dual_newton(s, lam, self.order, u0, self.tol,
                                                               self.max_iter)
             except np.linalg.LinAlgError:       # a pivot <= 0 of the banded LDL^T
