@@ -180,8 +180,9 @@ def _extrapolate(Xt, data, indices, indptr, sparse, y, lam1, lam2, ws, history, 
         return
     extrapolated = np.zeros(k)
     for a in range(m):
+        coef = z[a] / total
         for i in range(k):
-            extrapolated[i] += z[a] / total * history[a + 1, i]
+            extrapolated[i] += coef * history[a + 1, i]
     r_new = y.copy()
     for a in range(ws.shape[0]):
         if extrapolated[a] != 0.0:
