@@ -15,6 +15,7 @@ __all__ = [
     "DegeneracyWarning",
     "Dual",
     "KKTSystem",
+    "LazyGradient",
     "Manifold",
     "Mirror",
     "NotApplicable",
@@ -79,6 +80,38 @@ class Solution:
     info: dict = field(default_factory=dict)
 
 
+class LazyGradient:
+    r"""``X^T g``, the gradient in ``x`` of a loss of linear predictions ``X x``, on demand.
+
+    ``np.asarray`` gives all of it, in ``O(mp)``; :meth:`at` only the entries at some
+    coordinates, ``X[:, S]^T g`` in ``O(m|S|)``: all that a derivative on a support ``S``
+    reads, as in Bertrand, Klopfenstein, Blondel, Vaiter, Gramfort, Salmon, "Implicit
+    differentiation of Lasso-type models for hyperparameter optimization", ICML 2020.
+
+    Parameters
+    ----------
+    X : ndarray, shape (m, p)
+    weights : ndarray, shape (m,)
+        ``g``, finite.
+    columns : tuple or None
+        ``(S, X[:, S])`` if already gathered (for the predictions of a sparse ``x``).
+    """
+
+    def __init__(self, X, weights, columns=None):
+        self.X, self.weights, self.columns = X, weights, columns
+        self.shape = (X.shape[1],)
+
+    def at(self, coordinates):
+        """``(X^T g)[coordinates]``, computed from those columns only."""
+        if self.columns is not None and np.array_equal(self.columns[0], coordinates):
+            return self.columns[1].T @ self.weights
+        return self.X[:, coordinates].T @ self.weights
+
+    def __array__(self, dtype=None, copy=None):
+        full = self.X.T @ self.weights
+        return full if dtype is None else full.astype(dtype, copy=False)
+
+
 def as_tuple(theta):
     """Return theta as a tuple of arrays (a bare array becomes a 1-tuple)."""
     return tuple(theta) if isinstance(theta, (tuple, list)) else (theta,)
@@ -121,6 +154,9 @@ class Manifold:
         ``dtheta (tuple) -> d_theta grad_z E_M . dtheta``, shape ``(k,)``.
     info : dict
         Extra description (``support``, ``signs``, ``margin_index``, ...).
+    coordinates : ndarray or None
+        Where ``restrict`` selects coordinates, ``restrict(v) = v.ravel()[coordinates]``:
+        the entries of ``v`` it reads (a :class:`LazyGradient` then computes only those).
     """
 
     kind: str
@@ -132,6 +168,7 @@ class Manifold:
     theta_vjp: Callable
     theta_jvp: Callable
     info: dict = field(default_factory=dict)
+    coordinates: np.ndarray | None = None
 
 
 MIRROR_KINDS = ("euclidean", "entropy", "simplex", "box", "ball")

@@ -28,6 +28,7 @@ from bilevel._report import CompareReport
 from bilevel._types import (
     BatchSolution,
     ConvergenceWarning,
+    LazyGradient,
     NotApplicable,
     SingularSystemError,
     as_tuple,
@@ -42,12 +43,16 @@ __all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "jvp", "min
            "solve_batch", "value_gradient", "vjp", "vjp_batch"]
 
 
-def _loss_terms(loss, x, theta):
-    """``(value, grad_x, grad_theta)`` of ``loss`` at ``(x, theta)``; grad_theta may be None."""
+def _loss_terms(loss, x, theta, lazy=False):
+    """``(value, grad_x, grad_theta)`` of ``loss`` at ``(x, theta)``; grad_theta may be None.
+
+    With ``lazy``, a ready loss may give ``grad_x`` as a :class:`LazyGradient`.
+    """
     if not callable(loss):
         raise TypeError(f"loss must be callable loss(x, theta) -> scalar, got {loss!r}")
     if isinstance(loss, Loss):
-        value, gx, gtheta = loss.value_and_grad(x, theta)
+        terms = loss.value_and_lazy_grad if lazy else loss.value_and_grad
+        value, gx, gtheta = terms(x, theta)
     else:
         parts = tuple(torch.tensor(np.asarray(t, np.float64), requires_grad=True)
                       for t in as_tuple(theta))
@@ -58,10 +63,13 @@ def _loss_terms(loss, x, theta):
         gx, *grads = pullback(out, (x_t, *parts), np.ones(out.shape))
         value = float(out.detach())
         gtheta = like_structure(tuple(grads), theta)
-    if not (np.isfinite(value) and np.all(np.isfinite(gx))):
+    lazy_gx = isinstance(gx, LazyGradient)
+    if not (np.isfinite(value) and np.all(np.isfinite(gx.weights if lazy_gx else gx))):
         raise ValueError(f"loss or its gradient is not finite at x* (loss={value}); "
                          "check the loss and the data")
-    return float(value), np.asarray(gx, dtype=np.float64).reshape(x.shape), gtheta
+    if not lazy_gx:
+        gx = np.asarray(gx, dtype=np.float64).reshape(x.shape)
+    return float(value), gx, gtheta
 
 
 def _add(a, b):
@@ -218,7 +226,7 @@ def hypergradient(problem, loss, theta, strategy=None, *, init=None, warm_start=
         strat = get_strategy(strategy, problem)
         check_applicable(strat, problem)
         sol = problem.solve(theta, init=init)
-        value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta)
+        value, gx, gtheta = _loss_terms(loss, sol.x, sol.theta, lazy=strat.reads_coordinates)
         grad, info = strat.vjp(problem, sol, gx, warm_start=warm_start)
         grad, info = _add(grad, gtheta), {**info, "strategy": strat.name}
     if log_scale:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bilevel._types import LazyGradient
 from bilevel.problems.base import check_array, check_design
 
 __all__ = ["CrossEntropy", "LogisticLoss", "Loss", "OptimalValue", "Reconstruction",
@@ -28,6 +29,14 @@ class Loss:
         """Return ``(value, grad_x, grad_theta or None)`` in NumPy."""
         raise NotImplementedError
 
+    def value_and_lazy_grad(self, x, theta=None):
+        """:meth:`value_and_grad`, where ``grad_x`` may be a :class:`~bilevel._types.LazyGradient`.
+
+        :func:`bilevel.hypergradient` takes this path for strategies that read the
+        cotangent only at some coordinates (``Strategy.reads_coordinates``).
+        """
+        return self.value_and_grad(x, theta)
+
 
 def _check_width(loss, x):
     """ValueError unless ``x`` is a vector with one entry per column of ``loss.X``."""
@@ -37,7 +46,33 @@ def _check_width(loss, x):
                          "problem's features)")
 
 
-class SquaredError(Loss):
+# A solution with at most this share of non-zeros (a sparse model's) is multiplied by the
+# columns at its support only; above it, X @ x streams X faster than the columns gather.
+_SPARSE_SHARE = 1 / 32
+
+
+def _predict(X, x):
+    """``(X @ x, columns)``, with ``columns = (S, X[:, S])`` the support's columns, or None.
+
+    Multiplies by those columns only when few entries of ``x`` are not 0.
+    """
+    support = np.flatnonzero(x)
+    if support.size > _SPARSE_SHARE * x.size:
+        return X @ x, None
+    XS = X[:, support]
+    return XS @ x[support], (support, XS)
+
+
+class _LinearModelLoss(Loss):
+    """A loss of the predictions ``X x``: its gradient ``X^T g`` is computed on demand."""
+
+    def value_and_grad(self, x, theta=None):
+        """``value_and_lazy_grad`` with the whole gradient."""
+        value, grad, _ = self.value_and_lazy_grad(x, theta)
+        return value, np.asarray(grad), None
+
+
+class SquaredError(_LinearModelLoss):
     """Held-out squared error ``||X x - y||^2 / (2m)``.
 
     Parameters
@@ -56,15 +91,16 @@ class SquaredError(Loss):
         r = self._Xt @ x - self._yt
         return 0.5 * (r @ r) / r.shape[0]
 
-    def value_and_grad(self, x, theta=None):
-        """``(L, X^T (Xx - y) / m, None)``."""
+    def value_and_lazy_grad(self, x, theta=None):
+        """``(L, X^T (Xx - y) / m, None)``, the gradient lazy (``LazyGradient``)."""
         _check_width(self, x)
-        r = self.X @ x - self.y
+        predictions, columns = _predict(self.X, x)
+        r = predictions - self.y
         m = r.shape[0]
-        return 0.5 * float(r @ r) / m, self.X.T @ r / m, None
+        return 0.5 * float(r @ r) / m, LazyGradient(self.X, r / m, columns), None
 
 
-class LogisticLoss(Loss):
+class LogisticLoss(_LinearModelLoss):
     """Held-out logistic loss ``mean log(1 + exp(-y_i a_i^T x))``, labels in {-1, +1}.
 
     Parameters
@@ -84,13 +120,14 @@ class LogisticLoss(Loss):
         _check_width(self, x)
         return torch.nn.functional.softplus(-self._yt * (self._Xt @ x)).mean()
 
-    def value_and_grad(self, x, theta=None):
-        """``(L, -X^T (y sigmoid(-y Xx)) / m, None)``."""
+    def value_and_lazy_grad(self, x, theta=None):
+        """``(L, -X^T (y sigmoid(-y Xx)) / m, None)``, the gradient lazy (``LazyGradient``)."""
         _check_width(self, x)
-        margins = self.y * (self.X @ x)
+        predictions, columns = _predict(self.X, x)
+        margins = self.y * predictions
         value = float(np.mean(np.logaddexp(0.0, -margins)))
         r = -self.y * np.exp(-np.logaddexp(0.0, margins))       # -y sigmoid(-margin)
-        return value, self.X.T @ r / margins.shape[0], None
+        return value, LazyGradient(self.X, r / margins.shape[0], columns), None
 
 
 class CrossEntropy(Loss):

@@ -153,6 +153,10 @@ def test_what_each_problem_declares_is_what_it_provides(key):
         fn = getattr(caps, name)
         if fn is not None:
             assert isinstance(fn(sol), kind), name
+    if caps.manifold is not None and caps.manifold(sol).coordinates is not None:
+        manifold = caps.manifold(sol)           # restrict selects these coordinates
+        v = np.random.default_rng(0).standard_normal(sol.x.shape)
+        np.testing.assert_array_equal(manifold.restrict(v), v.ravel()[manifold.coordinates])
     if caps.analytic_vjp is not None:
         grads = caps.analytic_vjp(sol, np.ones(sol.x.shape))
         assert [np.shape(g) for g in grads] == [np.shape(p) for p in parts]

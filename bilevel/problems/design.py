@@ -68,8 +68,9 @@ class Design:
 
     def columns(self, cols):
         """Return the dense submatrix ``X[:, cols]`` of shape (n, len(cols))."""
-        sub = self.X[:, cols]
-        return sub.toarray() if self.sparse else np.ascontiguousarray(sub)
+        if self.sparse:
+            return self.X[:, cols].toarray()
+        return self.kernel_args[0][cols].T     # rows of the C-ordered X^T: a contiguous gather
 
     def sigma_max(self):
         """Largest singular value of ``X`` (cached)."""

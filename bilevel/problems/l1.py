@@ -56,17 +56,18 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         What to do when the restricted Hessian is singular (named in the error).
     """
     p = x.shape[0]
-    support = np.flatnonzero(x)
+    magnitude = np.abs(x)
+    active = magnitude > 0
+    support = np.flatnonzero(active)
     signs = np.sign(x[support])
-    off = np.flatnonzero(x == 0)
     # Margins, relative: inactive features below their kink, active ones away from zero.
-    slack = np.concatenate([1.0 - np.abs(corr[off]) / lam[off],
-                            np.abs(x[support]) / max(np.abs(x).max(), 1e-300)])
-    if slack.size:
-        worst = int(np.argmin(slack))
-        margin, margin_index = float(slack[worst]), int(np.concatenate([off, support])[worst])
-    else:
-        margin, margin_index = np.inf, -1
+    slack = np.abs(corr)
+    slack /= lam
+    np.subtract(1.0, slack, out=slack)
+    if support.size:
+        slack[support] = magnitude[support] / magnitude[support].max()
+    margin_index = int(np.argmin(slack))
+    margin = float(slack[margin_index])
     k = support.size
     H = hessian(support) if k else np.zeros((0, 0))
     solve = restricted_solver(H, f"the support ({k} features, collinear active features)",
@@ -84,7 +85,8 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         kind="support", dim=k, margin=margin, restrict=restrict, lift=lift, solve=solve,
         theta_vjp=lambda u: theta_vjp(support, signs, u),
         theta_jvp=lambda dtheta: theta_jvp(support, signs, dtheta),
-        info={"support": support, "signs": signs, "margin_index": margin_index})
+        info={"support": support, "signs": signs, "margin_index": margin_index},
+        coordinates=support)
 
 
 def per_feature(grad_full, lam):

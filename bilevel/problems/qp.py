@@ -775,7 +775,8 @@ class NNLS(Problem):
                         restrict=lambda v: np.asarray(v, dtype=np.float64).ravel()[free],
                         lift=lift, solve=solve, theta_vjp=lambda u: (-(AF @ u),),
                         theta_jvp=lambda dtheta: -(AF.T @ np.asarray(dtheta[0], np.float64)),
-                        info={"free": free, "active": bound, "lam": grad[bound]})
+                        info={"free": free, "active": bound, "lam": grad[bound]},
+                        coordinates=free)
 
     def mirror(self, solution):
         """Entropic mirror descent ``x+ = x exp(-tau A^T(Ax - b))``, for ``bregman``.

@@ -174,7 +174,7 @@ def _support_manifold(H, X, grad, theta_vjp, theta_jvp, remedy):
                     lift=lift, solve=solve,
                     theta_vjp=lambda u: theta_vjp(flat, u),
                     theta_jvp=lambda dtheta: theta_jvp(flat, dtheta),
-                    info={"support": mask})
+                    info={"support": mask}, coordinates=flat)
 
 
 def _simplex_multipliers(G, X):

@@ -69,7 +69,8 @@ class ElasticNet(Problem):
     ``lam1`` (> 0) and ``lam2`` (>= 0) are scalars or arrays of shape (p,). Solved by
     cyclic coordinate descent with working sets and an exact solve on the identified
     support (:mod:`bilevel.solvers.coordinate_descent`); ``Solution.info`` holds
-    ``support``, ``signs``, ``gap`` (relative) and ``polished``. Capabilities:
+    ``support``, ``signs``, ``gap`` (relative), ``polished`` and, when polished, the
+    ``hessian`` on the support that the manifold's VJP reuses. Capabilities:
     ``manifold`` (the support), ``step`` (a proximal gradient step), ``energy``; in
     :class:`bilevel.torch.Layer` batches of scalar penalties (``theta_ndim`` 0 each).
 
@@ -135,12 +136,15 @@ class ElasticNet(Problem):
         from bilevel.solvers.coordinate_descent import enet_cd
 
         lam1, lam2 = self._penalties(theta)
-        x, epochs, gap, polished, corr = enet_cd(
+        x, epochs, gap, polished, corr, gram = enet_cd(
             *self.design.kernel_args, self.design.sq_norms, self.y, lam1, lam2, x0, self.tol,
             self.max_epochs)
         support = np.flatnonzero(x)
-        return x, epochs, gap, {"gap": gap, "support": support, "signs": np.sign(x[support]),
-                                "polished": bool(polished), "neg_gradient": corr - lam2 * x}
+        info = {"gap": gap, "support": support, "signs": np.sign(x[support]),
+                "polished": bool(polished), "neg_gradient": corr - lam2 * x}
+        if polished and gram.shape[0] == support.size:
+            info["hessian"] = gram      # the manifold's restricted Hessian, from the polish
+        return x, epochs, gap, info
 
     # torch maps -----------------------------------------------------------------------
     def _torch_penalties(self, theta):
@@ -178,9 +182,13 @@ class ElasticNet(Problem):
             corr = self.design.rmatvec(self.y - self.design.matvec(x)) / n - lam2 * x
 
         def hessian(support):
+            H = solution.info.get("hessian")
+            if H is not None and H.shape[0] == support.size:
+                return H
             XS = self.design.columns(support)
-            H = XS.T @ XS / n
-            H[np.diag_indices_from(H)] += lam2[support]
+            H = XS.T @ XS
+            H /= n
+            H.flat[::support.size + 1] += lam2[support]
             return H
 
         def theta_vjp(support, signs, u):

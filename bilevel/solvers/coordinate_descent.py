@@ -112,7 +112,7 @@ def _min_norm_solve(G, r):
 
 @njit(cache=True, inline="always")
 def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
-    """Exact minimizer on the support and signs of ``w``.
+    """Exact minimizer on the support and signs of ``w``, and the support's Hessian ``G``.
 
     A singular system (collinear active features: the minimizers form an affine set) is
     solved by the smallest correction of ``w`` that solves it (:func:`_min_norm_solve`), so
@@ -123,7 +123,7 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     support = np.flatnonzero(w)
     k = support.shape[0]
     if k == 0 or k > _POLISH_MAX:
-        return w, False
+        return w, False, np.empty((0, 0))
     XS = dense_columns(Xt, data, indices, indptr, sparse, support, n)
     G = XS @ XS.T / n
     b = XS @ y / n
@@ -137,7 +137,7 @@ def _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w):
     out = np.zeros_like(w)
     for a in range(k):
         out[support[a]] = wS[a]
-    return out, True
+    return out, True, G
 
 
 @njit(cache=True, inline="always")
@@ -228,6 +228,9 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
         Whether ``w`` comes from the exact solve on its support.
     corr : ndarray
         ``X^T (y - Xw) / n`` at the returned ``w``.
+    gram : ndarray
+        When polished, the Hessian on the support it was solved on,
+        ``X_S^T X_S / n + diag(lam2_S)`` (``S`` increasing); else of shape (0, 0).
     """
     n = y.shape[0]
     p = w0.shape[0]
@@ -242,6 +245,7 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
     ws_size = min(p, max(10, 2 * _support_size(w)))
     epochs = 0
     polished = False
+    gram = np.empty((0, 0))
     last_polish = np.full(p, -2.0)
     priority = np.empty(p)
     while True:
@@ -254,14 +258,14 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
         fresh = not _signs_equal(signs, last_polish)
         if not polished and gap / scale < _POLISH_GAP and (fresh or final):
             last_polish = signs
-            candidate, ok = _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
+            candidate, ok, G = _polish(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
             same_signs = ok and _signs_equal(candidate, signs)
             if ok and (fresh or same_signs):
                 r2, corr2, gap2 = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2,
                                               candidate)
                 if (fresh and gap2 < gap) or (final and same_signs
                                               and gap2 <= max(gap, _ROUNDOFF_GAP * scale)):
-                    w, r, corr, gap, polished = candidate, r2, corr2, gap2, True
+                    w, r, corr, gap, polished, gram = candidate, r2, corr2, gap2, True, G
         if gap / scale <= tol or epochs >= max_epochs:
             break
         # Working set: the support, then features by distance to their dual constraint.
@@ -304,7 +308,7 @@ def enet_cd(Xt, data, indices, indptr, sparse, sq_norms, y, lam1, lam2, w0, tol,
         polished = False
         r, corr, gap = _full_state(Xt, data, indices, indptr, sparse, y, lam1, lam2, w)
         ws_size = min(p, max(10, 2 * _support_size(w)))
-    return w, epochs, gap / scale, polished, corr
+    return w, epochs, gap / scale, polished, corr, gram
 
 
 KERNELS = (enet_cd, enet_gap)

@@ -32,12 +32,16 @@ class Strategy:
 
     Iterative strategies set ``iterative = True`` and implement ``with_budget(k)``: a copy
     limited to ``k`` units of work (iterations, steps, terms), so that
-    :func:`bilevel.compare` can trace the error against the work.
+    :func:`bilevel.compare` can trace the error against the work. Strategies whose ``vjp``
+    accepts ``v`` as a :class:`~bilevel._types.LazyGradient` and reads only some of its
+    coordinates set ``reads_coordinates = True``; :func:`bilevel.hypergradient` then lets a
+    ready loss on linear predictions compute only those entries of its gradient.
     """
 
     name: ClassVar[str] = "strategy"
     requires: ClassVar[frozenset | tuple] = frozenset()
     iterative: ClassVar[bool] = False
+    reads_coordinates: ClassVar[bool] = False
 
     def vjp(self, problem, solution, v, warm_start=None):
         """Return ``((dx*/dtheta)^T v, info)``, the gradient in theta's structure.

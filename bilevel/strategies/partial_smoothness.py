@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bilevel._registry import check_applicable, register_strategy
-from bilevel._types import DegeneracyWarning, as_tuple, like_structure
+from bilevel._types import DegeneracyWarning, LazyGradient, as_tuple, like_structure
 from bilevel.strategies.base import Strategy, kernel_vjp_batch, warn_if_unconverged
 
 __all__ = ["PartialSmoothness"]
@@ -66,6 +66,7 @@ class PartialSmoothness(Strategy):
 
     name = "partial_smoothness"
     requires = frozenset({"manifold"})
+    reads_coordinates = True
 
     margin_tol: float = 1e-6
     pinv: bool = False
@@ -98,7 +99,11 @@ class PartialSmoothness(Strategy):
         """``-(d_theta grad_M E)^T H_M^{-1} B^T v``; see the module docstring."""
         start = time.perf_counter()
         manifold = self._manifold(problem, solution)
-        u = manifold.solve(manifold.restrict(v), pinv=self.pinv)
+        if isinstance(v, LazyGradient) and manifold.coordinates is not None:
+            b = v.at(manifold.coordinates)        # B^T v from the coordinates on M only
+        else:
+            b = manifold.restrict(v)
+        u = manifold.solve(b, pinv=self.pinv)
         grad = tuple(-np.asarray(g, dtype=np.float64) for g in manifold.theta_vjp(u))
         return like_structure(grad, solution.theta), self._info(manifold, start)
 

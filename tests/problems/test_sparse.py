@@ -160,6 +160,34 @@ def test_vjp_and_jvp_match_the_closed_form(kind, data):
     assert np.all(np.delete(dx, S) == 0)
 
 
+@pytest.mark.parametrize("kind", ["lasso", "elastic_net"])
+@given(data=st.data())
+def test_the_polished_solution_carries_its_restricted_hessian(kind, data):
+    """info["hessian"] is X_S^T X_S / n + diag(lam2_S); the VJP gives the same without it."""
+    sparse = data.draw(st.booleans())
+    problem, theta = data.draw(sparse_instances(kind, max_features=10, sparse=sparse))
+    sol = problem.solve(theta)
+    assert sol.info["polished"]        # stable instances are polished on their support
+    S, _, H = closed_form(problem, sol)
+    # Both are k x k Gram matrices of the same columns: round-off of n-term sums.
+    np.testing.assert_allclose(sol.info["hessian"], H, rtol=1e-12, atol=1e-14 * np.abs(H).max())
+    v = np.random.default_rng(1).standard_normal(sol.x.size)
+    info = {k: a for k, a in sol.info.items() if k != "hessian"}
+    recomputed = bl.Solution(sol.x, sol.theta, sol.n_iter, sol.converged, info)
+    for a, b in zip(bl._types.as_tuple(PS.vjp(problem, sol, v)[0]),
+                    bl._types.as_tuple(PS.vjp(problem, recomputed, v)[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
+
+
+def test_design_columns_are_those_of_x():
+    X, _ = regression_data(12, 7, seed=5)
+    X[np.abs(X) < 0.5] = 0.0
+    cols = np.array([5, 0, 3])
+    for given_X in (X, scipy.sparse.csc_matrix(X)):
+        np.testing.assert_array_equal(bl.problems.Lasso(given_X, X[:, 0]).design.columns(cols),
+                                      X[:, cols])
+
+
 @given(instance=sparse_instances("lasso", max_features=8, per_feature=False))
 def test_fixed_point_and_unroll_converge_to_it(instance):
     problem, lam = instance
