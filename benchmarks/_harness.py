@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 __all__ = ["Timing", "format_seconds", "make_parser", "print_table", "time_fresh_process",
-           "time_median"]
+           "time_interleaved", "time_median"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,29 @@ def time_median(fn, *, repeat=7, number=1, warmup=1):
             fn()
         times.append((time.perf_counter() - start) / number)
     return Timing(tuple(times))
+
+
+def time_interleaved(fns, *, repeat=15, number=1, warmup=1):
+    """Time several calls in turn: ``{name: Timing}`` for ``fns = {name: fn}``.
+
+    Each round takes one sample of every function (``number`` consecutive calls each, as in
+    :func:`time_median`), so that a slow spell of the machine hits them alike: the ratio
+    of their medians is steadier than that of separate :func:`time_median` runs.
+    """
+    if repeat < 1 or number < 1 or warmup < 0:
+        raise ValueError(f"need repeat >= 1, number >= 1, warmup >= 0; "
+                         f"got {repeat}, {number}, {warmup}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times[name].append((time.perf_counter() - start) / number)
+    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 def time_fresh_process(code, *, repeat=3, prime=True, timeout=300):
