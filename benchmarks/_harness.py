@@ -90,10 +90,13 @@ def time_interleaved(fns, *, repeat=15, number=1, warmup=1):
     """Time several calls in turn: ``{name: Timing}`` for ``fns = {name: fn}``.
 
     Each round takes one sample of every function (``number`` consecutive calls each, as in
-    :func:`time_median`), so that a slow spell of the machine hits them alike: the ratio
-    of their medians is steadier than that of separate :func:`time_median` runs.
+    :func:`time_median`; a dict ``{name: number}`` gives each its own, 1 where missing), so
+    that a slow spell of the machine hits them alike: the ratio of their medians is
+    steadier than that of separate :func:`time_median` runs.
     """
-    if repeat < 1 or number < 1 or warmup < 0:
+    numbers = number if isinstance(number, dict) else dict.fromkeys(fns, number)
+    numbers = {name: numbers.get(name, 1) for name in fns}
+    if repeat < 1 or min(numbers.values()) < 1 or warmup < 0:
         raise ValueError(f"need repeat >= 1, number >= 1, warmup >= 0; "
                          f"got {repeat}, {number}, {warmup}")
     for fn in fns.values():
@@ -103,9 +106,9 @@ def time_interleaved(fns, *, repeat=15, number=1, warmup=1):
     for _ in range(repeat):
         for name, fn in fns.items():
             start = time.perf_counter()
-            for _ in range(number):
+            for _ in range(numbers[name]):
                 fn()
-            times[name].append((time.perf_counter() - start) / number)
+            times[name].append((time.perf_counter() - start) / numbers[name])
     return {name: Timing(tuple(t)) for name, t in times.items()}
 
 

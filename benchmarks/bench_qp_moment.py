@@ -43,7 +43,7 @@ import sys
 import warnings
 
 import numpy as np
-from _harness import Timing, make_parser, print_table
+from _harness import make_parser, print_table, time_interleaved
 
 PEERS = ("cvxpylayers",)
 N, M = 20, 40
@@ -70,27 +70,6 @@ def qp_data(rng, batch):
     X0 = -np.linalg.solve(Q, C.T).T
     Hs = X0 @ G.T + rng.uniform(-0.5, 1.5, (batch, M))
     return Q, G, C, Hs
-
-
-def time_interleaved(fns, repeat, numbers):
-    """Median timings of several calls measured in turn (one warm-up call each first).
-
-    Alternating the implementations within each repeat exposes them to the same machine
-    load, which on a shared machine varies faster than one implementation's run.
-    """
-    import time
-
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            number = numbers.get(name, 1)
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 def fwd_bwd(layer, inputs, w):
@@ -203,7 +182,7 @@ def main(argv=None):
             failures.append(f"QP: cvxpylayers' gradient differs from ours by {dg:.1e}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t = time_interleaved(impls, repeat, {"ours": 1 if quick else 10})
+        t = time_interleaved(impls, repeat=repeat, number={"ours": 1 if quick else 10})
     rows.append((f"QP n={N} m={M}, batch {batch}", t))
     qp_columns = ["ours", "cvxpylayers"] + (["qpth"] if "qpth" in impls else [])
 
@@ -236,8 +215,8 @@ def main(argv=None):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tm = time_interleaved({"ours": fo, "cvxpylayers": fc},
-                                      repeat if mb < 1000 else min(repeat, 3),
-                                      {"ours": 1 if quick else 20})
+                                      repeat=repeat if mb < 1000 else min(repeat, 3),
+                                      number={"ours": 1 if quick else 20})
             speedups.append(tm["cvxpylayers"].median / tm["ours"].median)
             moment_rows.append((f"moment s=4 r={r}, batch {mb}", tm))
             print(f"  moment r={r} batch {mb}: |D z - beta| {feas:.0e}, cvxpylayers rel. "

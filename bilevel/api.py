@@ -340,8 +340,7 @@ def vjp_batch_checked(problem, batch, V, strat):
     if V.shape != batch.x.shape:
         raise ValueError(f"V must have the batch's solution shape {batch.x.shape}, "
                          f"got {V.shape}")
-    with torch.enable_grad():           # strategies may build torch graphs
-        grads, info = strat.vjp_batch(problem, batch, V)
+    grads, info = strat.vjp_batch(problem, batch, V)
     return grads, {**info, "strategy": strat.name}
 
 

@@ -74,13 +74,16 @@ class Strategy:
         """VJPs of every row of a :class:`~bilevel.BatchSolution`: ``(grads, info)``.
 
         ``V`` is ``(B, *x.shape)``; ``grads`` a tuple over theta's parts of ``(B, ...)``
-        arrays. The default applies :meth:`vjp` to each row's solution, with every knob.
+        arrays. The default applies :meth:`vjp` to each row's solution, with every knob,
+        in torch's grad mode (a layer's backward pass runs without it, and strategies may
+        build torch graphs); an override that builds them enables it too.
         """
         if batch.solutions is None:
             raise ValueError(f"{self.name}: this batch was solved by the problem's batched "
                              "kernel and carries no per-row solutions")
-        rows = [as_tuple(self.vjp(problem, sol, V[b])[0])
-                for b, sol in enumerate(batch.solutions)]
+        with torch.enable_grad():
+            rows = [as_tuple(self.vjp(problem, sol, V[b])[0])
+                    for b, sol in enumerate(batch.solutions)]
         grads = tuple(np.stack([np.asarray(r[k], dtype=np.float64) for r in rows])
                       for k in range(len(batch.parts)))
         return grads, {"rows": len(rows), "batched": False}
@@ -142,7 +145,8 @@ def kernel_vjp_batch(strategy, problem, batch, V, margin_tol, *args):
 def warn_degenerate_rows(name, margins, tol):
     """Warn when batch rows sit at a kink of the solution map (margin ``<= tol``)."""
     margins = np.asarray(margins)
-    if margins.size and margins.min() <= tol:
-        warnings.warn(f"{name}: {int(np.sum(margins <= tol))} of {margins.size} batch rows are "
+    degenerate = np.count_nonzero(margins <= tol)     # no reduction: cheaper in a layer
+    if degenerate:
+        warnings.warn(f"{name}: {degenerate} of {margins.size} batch rows are "
                       f"degenerate (margin <= {tol:.0e}): the gradient is one one-sided "
                       "derivative there", DegeneracyWarning, stacklevel=5)

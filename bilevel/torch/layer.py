@@ -86,7 +86,7 @@ class Layer(torch.nn.Module):
 def _host_float64(t):
     """``t`` as a float64 NumPy array on the host (no copy when it already is one)."""
     t = t.detach()
-    if t.dtype != torch.float64 or t.device.type != "cpu":
+    if t.dtype != torch.float64 or not t.is_cpu:
         t = t.to(device="cpu", dtype=torch.float64)
     return t.numpy()
 
@@ -113,8 +113,8 @@ def _batch_layout(theta, base_ndims):
     for t, bshape in zip(theta, batch_shapes):
         arr = _host_float64(t)
         inst = arr.shape[len(bshape):]
-        if bshape == batch:
-            parts.append(np.ascontiguousarray(arr).reshape((size,) + inst))
+        if bshape == batch:                 # (solve_batch makes the parts contiguous)
+            parts.append(arr.reshape((size,) + inst))
         else:                               # broadcast along the batch, one copy
             full = np.empty(batch + inst)
             full[...] = arr
@@ -163,7 +163,14 @@ def _solve(layer, theta):
     out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
     ref = next((t for t in theta if t.is_floating_point()), theta[0])
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-    return out.to(dtype=dtype, device=ref.device), (batch, bshapes, solutions)
+    return _to(out, dtype, ref.device), (batch, bshapes, solutions)
+
+
+def _to(tensor, dtype, device):
+    """Return a float64 host ``tensor`` in ``dtype`` on ``device`` (itself if it already is)."""
+    if dtype == torch.float64 and device.type == "cpu":
+        return tensor
+    return tensor.to(dtype=dtype, device=device)
 
 
 class _Argmin(torch.autograd.Function):
@@ -179,7 +186,7 @@ class _Argmin(torch.autograd.Function):
     def backward(ctx, grad_out):
         layer = ctx.layer
         Y = ctx.solutions.x
-        V = np.ascontiguousarray(_host_float64(grad_out).reshape(Y.shape))
+        V = _host_float64(grad_out).reshape(Y.shape)     # vjp_batch makes it contiguous
         grads, _ = _keeping_torch_threads(api.vjp_batch_checked, layer.problem,
                                           ctx.solutions, V, layer.strategy)
         out = [None]
@@ -189,5 +196,5 @@ class _Argmin(torch.autograd.Function):
                 continue
             g = _reduce(np.asarray(g), ctx.batch, ctx.bshapes[k], ctx.shapes[k])
             dtype, device = ctx.meta[k]
-            out.append(torch.from_numpy(np.ascontiguousarray(g)).to(dtype=dtype, device=device))
+            out.append(_to(torch.from_numpy(np.ascontiguousarray(g)), dtype, device))
         return tuple(out)
