@@ -103,7 +103,7 @@ class LazyGradient:
 
     def at(self, coordinates):
         """``(X^T g)[coordinates]``, computed from those columns only."""
-        if self.columns is not None and np.array_equal(self.columns[0], coordinates):
+        if self.columns is not None and self.columns[0].tobytes() == coordinates.tobytes():
             return self.columns[1].T @ self.weights
         return self.X[:, coordinates].T @ self.weights
 

@@ -36,7 +36,7 @@ from bilevel._types import (
 )
 from bilevel.losses import Loss, OptimalValue
 from bilevel.parallel import InstanceSum, map_instances, sum_instances
-from bilevel.problems.base import check_array
+from bilevel.problems.base import all_finite, check_array
 from bilevel.strategies import FiniteDifference, Strategy, ValueFiniteDifference
 
 __all__ = ["MinimizeResult", "compare", "hypergradient", "jacobian", "jvp", "minimize",
@@ -64,7 +64,7 @@ def _loss_terms(loss, x, theta, lazy=False):
         value = float(out.detach())
         gtheta = like_structure(tuple(grads), theta)
     lazy_gx = isinstance(gx, LazyGradient)
-    if not (np.isfinite(value) and np.all(np.isfinite(gx.weights if lazy_gx else gx))):
+    if not (np.isfinite(value) and all_finite(gx.weights if lazy_gx else gx)):
         raise ValueError(f"loss or its gradient is not finite at x* (loss={value}); "
                          "check the loss and the data")
     if not lazy_gx:

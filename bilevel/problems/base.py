@@ -46,8 +46,8 @@ from bilevel._types import (
 )
 from bilevel.problems.kkt import KKT
 
-__all__ = ["CAPABILITY_NAMES", "KKT", "Capabilities", "Problem", "check_array", "check_design",
-           "check_nonnegative", "check_scalar", "parallel_kernels", "pick_kernel"]
+__all__ = ["CAPABILITY_NAMES", "KKT", "Capabilities", "Problem", "all_finite", "check_array",
+           "check_design", "check_nonnegative", "check_scalar", "parallel_kernels", "pick_kernel"]
 
 
 def check_array(value, name, *, ndim=None, shape=None):
@@ -182,7 +182,7 @@ class Capabilities(Set):
             raise ValueError(f"why_not explains capabilities not offered; got unknown "
                              f"{sorted(unknown)} and offered {sorted(offered)}")
 
-    @property
+    @cached_property
     def names(self):
         """The offered capabilities' names (a frozenset)."""
         return frozenset(name for name in CAPABILITY_NAMES
@@ -294,7 +294,7 @@ class Problem:
         """
         size = _batch_size(parts)
         shapes = tuple(p.shape[1:] for p in parts)
-        if shapes in self._valid_row_shapes and all(map(_finite, parts)):
+        if shapes in self._valid_row_shapes and all(map(all_finite, parts)):
             return size                 # row 0's shapes passed check_theta before
         bad = np.zeros(size, dtype=bool)
         for p in parts:
@@ -361,7 +361,7 @@ class Problem:
         return f"{type(self).__name__}()"
 
 
-def _finite(array):
+def all_finite(array):
     """Whether every entry of ``array`` is finite: ``np.isfinite(array).all()`` unreduced.
 
     Inside a torch layer's call a NumPy reduction's set-up costs several microseconds, more

@@ -89,8 +89,15 @@ def l1_manifold(x, corr, lam, hessian, theta_vjp, theta_jvp, remedy):
         coordinates=support)
 
 
-def per_feature(grad_full, lam):
-    """Return a gradient over features, summed when ``lam`` is one shared scalar."""
-    return np.asarray(grad_full.sum()) if lam.ndim == 0 else grad_full
+def per_feature(support, values, lam, p):
+    """Return the gradient in ``lam`` from its ``values`` on the support.
+
+    Their sum when ``lam`` is one shared scalar, else the vector of the ``p`` features.
+    """
+    if lam.ndim == 0:
+        return np.asarray(values.sum())
+    full = np.zeros(p)
+    full[support] = values
+    return full
 
 

@@ -246,9 +246,7 @@ class LogisticRegression(Problem):
             return XS.T @ XS
 
         def theta_vjp(support, signs, u):
-            g = np.zeros_like(x)
-            g[support] = signs * u
-            return (per_feature(g, lam_arg),)
+            return (per_feature(support, signs * u, lam_arg, x.size),)
 
         def theta_jvp(support, signs, dtheta):
             return signs * np.broadcast_to(dtheta[0], x.shape)[support]

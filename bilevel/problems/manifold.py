@@ -33,7 +33,7 @@ def restricted_solver(H, what, remedy):
     factor, rcond = None, 1.0
     if k:       # LAPACK directly: scipy.linalg's checked wrappers cost more than k = 30 does
         factor, failed = lapack.dpotrf(H, lower=0)
-        rcond = 0.0 if failed else lapack.dpocon(factor, np.abs(H).sum(axis=0).max())[0]
+        rcond = 0.0 if failed else lapack.dpocon(factor, lapack.dlange("1", H))[0]
 
     def solve(b, pinv=False):
         if not k:

@@ -192,13 +192,9 @@ class ElasticNet(Problem):
             return H
 
         def theta_vjp(support, signs, u):
-            g1 = np.zeros_like(x)
-            g1[support] = signs * u
-            grads = (per_feature(g1, theta[0]),)
+            grads = (per_feature(support, signs * u, theta[0], x.size),)
             if len(theta) > 1:
-                g2 = np.zeros_like(x)
-                g2[support] = x[support] * u
-                grads += (per_feature(g2, theta[1]),)
+                grads += (per_feature(support, x[support] * u, theta[1], x.size),)
             return grads
 
         def theta_jvp(support, signs, dtheta):

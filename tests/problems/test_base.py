@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from bilevel.problems.base import _finite, check_array
+from bilevel.problems.base import all_finite, check_array
 
 
 @pytest.mark.parametrize("value", [np.arange(12.0).reshape(3, 4)[:, 1],         # a column
@@ -27,5 +27,5 @@ def test_check_array_does_not_copy_what_is_already_contiguous_float64():
 @given(arrays(np.float64, array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
               elements=st.floats(allow_nan=True, allow_infinity=True)))
 def test_the_batch_finiteness_test_is_isfinite_all(array):
-    assert _finite(array) == bool(np.isfinite(array).all())
-    assert _finite(np.asfortranarray(array)) == bool(np.isfinite(array).all())
+    assert all_finite(array) == bool(np.isfinite(array).all())
+    assert all_finite(np.asfortranarray(array)) == bool(np.isfinite(array).all())
