@@ -202,6 +202,10 @@ class RobustPooling(Problem):
             return x.mean(axis=-1)
         return np.full(x.shape[:-1], np.nan)
 
+    def _sorted(self, X):
+        """Return the rows of ``X`` sorted for the truncated quadratic, else ``X``."""
+        return np.sort(X, axis=1) if self.penalty == "truncated_quadratic" else X
+
     def _pool(self, X, Y0):
         """Pool the rows of ``X`` (b, n) from ``Y0`` (b,): ``(Y, iters, res, gap, from_mean)``.
 
@@ -211,10 +215,11 @@ class RobustPooling(Problem):
         starts reach the same one, and for every other start or penalty).
         """
         kernel = _kernel("pool_solve", X)
-        Y, iters, res = kernel(X, self._code, self.alpha, Y0, self.max_iter)
+        sorted_X = self._sorted(X)
+        Y, iters, res = kernel(X, sorted_X, self._code, self.alpha, Y0, self.max_iter)
         gap, take = np.full(Y.shape, np.inf), np.zeros(Y.shape, dtype=bool)
         if self.start == "best" and self.penalty == "welsch":
-            Ym, iters_m, res_m = kernel(X, self._code, self.alpha,
+            Ym, iters_m, res_m = kernel(X, sorted_X, self._code, self.alpha,
                                         np.ascontiguousarray(X.mean(axis=1)), self.max_iter)
             e, e_m = _welsch_energy(X, Y, self.alpha), _welsch_energy(X, Ym, self.alpha)
             take = e_m < e                          # the median's minimum on a tie
@@ -311,7 +316,7 @@ class RobustPooling(Problem):
         V = np.ascontiguousarray(np.asarray(v, dtype=np.float64).reshape(-1))
         if V.shape != Y.shape:
             raise ValueError(f"v must have the shape of y* {np.shape(y)}, got {np.shape(v)}")
-        G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, Y, V)
+        G, margins = _kernel("pool_vjp", X)(X, self._sorted(X), self._code, self.alpha, Y, V)
         return G.reshape(x.shape), margins
 
     # batched kernels for bl.torch.Layer ------------------------------------------------
@@ -338,7 +343,8 @@ class RobustPooling(Problem):
         starts' minima (a tie: the pooled value jumps there).
         """
         X = batch.parts[0]
-        G, margins = _kernel("pool_vjp", X)(X, self._code, self.alpha, batch.x, V)
+        G, margins = _kernel("pool_vjp", X)(X, self._sorted(X), self._code, self.alpha,
+                                            batch.x, V)
         if "gap" in batch.certificate:
             margins = np.minimum(margins, batch.certificate["gap"])
         return (G,), margins

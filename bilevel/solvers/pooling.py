@@ -313,16 +313,16 @@ def _newton_row(x, penalty, a, y0, max_iter):
 
 
 @njit(cache=True)
-def _tq_row(x, a):
-    """Exact global minimizer of the truncated quadratic; ``(y, gap)``.
+def _tq_row(sorted_x, a):
+    """Exact global minimizer of the truncated quadratic of a sorted row; ``(y, gap)``.
 
     ``gap`` is the energy difference between the best and the second-best local minimum
-    (``inf`` when there is only one), in units of ``a^2 / 2``.
+    (``inf`` when there is only one), in units of ``a^2 / 2``. The caller sorts the rows
+    (in NumPy: ``np.sort`` in a kernel compiles for seconds in every new cache).
     """
-    n = x.shape[0]
-    xs = np.sort(x)
-    shift = xs[n // 2]
-    xs = xs - shift
+    n = sorted_x.shape[0]
+    shift = sorted_x[n // 2]
+    xs = sorted_x - shift
     best = np.inf
     second = np.inf
     bj = 0
@@ -371,12 +371,12 @@ def _tq_row(x, a):
 
 
 @njit(cache=True, inline="always")
-def _solve_row(x, penalty, a, y0, max_iter):
+def _solve_row(x, sorted_x, penalty, a, y0, max_iter):
     if penalty == 0:
         y = mean(x)
         it = 1
     elif penalty == 4:
-        y, _ = _tq_row(x, a)
+        y, _ = _tq_row(sorted_x, a)
         it = 1
     else:
         if np.isnan(y0):
@@ -386,8 +386,11 @@ def _solve_row(x, penalty, a, y0, max_iter):
 
 
 @njit(cache=True, parallel=True)
-def pool_solve_batched(X, penalty, alpha, Y0, max_iter):
+def pool_solve_batched(X, sorted_X, penalty, alpha, Y0, max_iter):
     """Pool every row of ``X`` (b, n); return ``(Y (b,), n_iter (b,), residual (b,))``.
+
+    ``sorted_X`` holds the rows of ``X`` sorted for the truncated quadratic
+    (``np.sort(X, axis=1)``); the other penalties do not read it (pass ``X``).
 
     ``Y0`` (b,) is the start of the non-convex welsch descent (ignored by the convex and the
     exact solvers except as the first Newton iterate); NaN entries start at the row's
@@ -399,7 +402,7 @@ def pool_solve_batched(X, penalty, alpha, Y0, max_iter):
     iters = np.empty(b, np.int64)
     res = np.empty(b)
     for r in prange(b):
-        y, it, rr = _solve_row(X[r], penalty, alpha, Y0[r], max_iter)
+        y, it, rr = _solve_row(X[r], sorted_X[r], penalty, alpha, Y0[r], max_iter)
         Y[r] = y
         iters[r] = it
         res[r] = rr
@@ -442,7 +445,7 @@ def _weights_welsch(x, y, a, g):
 
 
 @njit(cache=True, inline="always")
-def _vjp_row(x, penalty, a, y, v, g):
+def _vjp_row(x, sorted_x, penalty, a, y, v, g):
     """Write ``v dy/dx`` into ``g``; return the row's non-degeneracy margin."""
     n = x.shape[0]
     kink = np.inf
@@ -481,14 +484,16 @@ def _vjp_row(x, penalty, a, y, v, g):
     if penalty == 2:
         return kink
     if penalty == 4:
-        _, gap = _tq_row(x, a)
+        _, gap = _tq_row(sorted_x, a)
         return min(kink, gap)
     return np.inf
 
 
 @njit(cache=True, parallel=True)
-def pool_vjp_batched(X, penalty, alpha, Y, V):
+def pool_vjp_batched(X, sorted_X, penalty, alpha, Y, V):
     """``G[r] = V[r] dy*/dx`` at the rows' solutions ``Y``; return ``(G (b, n), margins (b,))``.
+
+    ``sorted_X`` as for :func:`pool_solve_batched`.
 
     ``margins``: ``inf`` for quadratic and pseudo-Huber; for welsch the relative curvature
     ``sum phi'' / sum |phi''|`` (0: degenerate, and the gradient is set to 0); for huber
@@ -500,7 +505,7 @@ def pool_vjp_batched(X, penalty, alpha, Y, V):
     G = np.empty((b, n))
     margins = np.empty(b)
     for r in prange(b):
-        margins[r] = _vjp_row(X[r], penalty, alpha, Y[r], V[r], G[r])
+        margins[r] = _vjp_row(X[r], sorted_X[r], penalty, alpha, Y[r], V[r], G[r])
     return G, margins
 
 
@@ -518,9 +523,10 @@ def warmup(parallel=True):
     """
     X = np.array([[0.0, 1.0, 5.0], [2.0, -1.0, 0.5]])
     Y0 = np.median(X, axis=1)
+    sorted_X = np.sort(X, axis=1)
     for penalty in range(5):
-        Y, _, _ = pool_solve_rows(X, penalty, 1.0, Y0, 50)
-        pool_vjp_rows(X, penalty, 1.0, Y, np.ones(2))
+        Y, _, _ = pool_solve_rows(X, sorted_X, penalty, 1.0, Y0, 50)
+        pool_vjp_rows(X, sorted_X, penalty, 1.0, Y, np.ones(2))
         if parallel:
-            pool_solve_batched(X, penalty, 1.0, Y0, 50)
-            pool_vjp_batched(X, penalty, 1.0, Y, np.ones(2))
+            pool_solve_batched(X, sorted_X, penalty, 1.0, Y0, 50)
+            pool_vjp_batched(X, sorted_X, penalty, 1.0, Y, np.ones(2))
