@@ -39,7 +39,10 @@ Measurements, in one process on the same batches:
 - time per batch: forward alone, forward + backward (``torch.autograd.grad`` with a random
   cotangent) for ours and cvxpylayers; forward without autograd; condat-tv's forward
   (``tv_denoise_matrix`` on the batch and one ``tv_denoise`` call per row). Our backward is
-  reported as ``(forward + backward) - forward``, relative to the forward.
+  reported as ``(forward + backward) - forward``, relative to the forward. Our strategies
+  on a configuration are timed in turn (``_harness.time_interleaved``: one sample of many
+  calls each per round), so that the machine's slow spells hit them alike; the peers
+  apart, since cvxpylayers' worker threads outlive its calls and slow what runs next.
 - scaling: one piecewise-constant signal (a jump every 25 samples on average) at n = 10^4,
   cvxpylayers (full run only, one call: ~20 s for one forward + backward with SCS) vs ours,
   and ours alone at n = 10^3, 10^4, 10^5 (time per sample should stay flat).
@@ -70,7 +73,7 @@ import time
 import warnings
 
 import numpy as np
-from _harness import format_seconds, make_parser, print_table, time_median
+from _harness import format_seconds, make_parser, print_table, time_interleaved, time_median
 
 PEERS = ("cvxpy", "cvxpylayers", "diffcp", "condat_tv")   # bench extra
 N, BATCH, LAM = 100, 10, 2.6
@@ -364,18 +367,22 @@ def run_signals(kind, S, lam, args, quick, failures):
                 failures.append(f"{kind}, {label}: condat-tv differs from ours by {d:.1e}")
 
         # ---- timings ----------------------------------------------------------------
+        # Our strategies timed in turn (one sample of many calls each per round), so that
+        # the machine's slow spells hit them alike; the peers apart: cvxpylayers' worker
+        # threads outlive its calls and would slow whatever runs next.
         t = {}
         whats = ("fwd+bwd", "fwd", "fwd, no grad")
-        for name, call in impls.items():
-            fns = timers(call, S, lam_vec)
-            ours = name.startswith("ours")
-            for what in whats if name in (main, *peers) else ("fwd+bwd",):
-                if quick and not ours and what == "fwd, no grad":
-                    continue
-                fn = fns[what]
-                t[(name, what)] = (
-                    time_median(fn, repeat=repeat, number=number_for(fn, quick)) if ours
-                    else time_median(fn, repeat=cvx_repeat, warmup=0 if quick else 1))
+        timers_of = {name: timers(call, S, lam_vec) for name, call in impls.items()}
+        for what in whats:
+            ours = {name: fns[what] for name, fns in timers_of.items()
+                    if name.startswith("ours") and (what == "fwd+bwd" or name == main)}
+            timed = time_interleaved(ours, repeat=repeat, number={
+                name: number_for(fn, quick) for name, fn in ours.items()})
+            t.update({(name, what): timing for name, timing in timed.items()})
+            for name in peers:
+                if not (quick and what == "fwd, no grad"):
+                    t[(name, what)] = time_median(timers_of[name][what], repeat=cvx_repeat,
+                                                  warmup=0 if quick else 1)
         for what in whats:
             rows.append((f"{label}, {what}",
                          {"ours": t[(main, what)], **{p: t.get((p, what)) for p in peers}}))
