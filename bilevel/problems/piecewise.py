@@ -31,7 +31,7 @@ import torch
 
 from bilevel._registry import register_problem
 from bilevel._types import Batch, BatchSolution, Manifold
-from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
+from bilevel.problems.base import Capabilities, Problem, check_array, no_kinks, pick_kernel
 
 __all__ = ["ConnectedComponents", "PiecewisePolynomial"]
 
@@ -446,7 +446,7 @@ class ConnectedComponents(Problem):
         """Distance of the pixel closest to an interior bin edge, over ``max(max|s|, w)``."""
         b = images.shape[0]
         if self.levels == 1:
-            return np.full(b, np.inf)
+            return no_kinks(b)
         lo, hi = self.value_range
         w = (hi - lo) / self.levels
         frac = (images.reshape(b, -1) - lo) / w

@@ -45,7 +45,7 @@ from bilevel._types import (
     SingularSystemError,
     StepMap,
 )
-from bilevel.problems.base import Capabilities, Problem, check_array, pick_kernel
+from bilevel.problems.base import Capabilities, Problem, check_array, no_kinks, pick_kernel
 from bilevel.problems.kkt import KKT
 from bilevel.problems.manifold import restricted_solver
 
@@ -267,7 +267,7 @@ class EqualityConstrainedLS(Problem):
 
     def _vjp_batch(self, batch, V):
         """``((V P,), margins)``; no kinks, margins are infinite."""
-        return (V @ self.P,), np.full(V.shape[0], np.inf)
+        return (V @ self.P,), no_kinks(V.shape[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -39,7 +39,14 @@ from bilevel._types import (
     StepMap,
     as_tuple,
 )
-from bilevel.problems.base import Capabilities, Problem, check_array, check_scalar, pick_kernel
+from bilevel.problems.base import (
+    Capabilities,
+    Problem,
+    check_array,
+    check_scalar,
+    no_kinks,
+    pick_kernel,
+)
 from bilevel.problems.kkt import KKT
 from bilevel.problems.projections import _torch_simplex
 
@@ -941,7 +948,7 @@ class EntropicSimplex(Problem):
     def _vjp_batch(self, batch, V):
         """``((P * (V - <P, V>),), margins)``: smooth everywhere, margins ``inf``."""
         P = batch.x
-        return (_kernel("softmax_vjp", P)(P, V),), np.full(P.shape[0], np.inf)
+        return (_kernel("softmax_vjp", P)(P, V),), no_kinks(P.shape[0])
 
 
 def _row_sums(x, theta):

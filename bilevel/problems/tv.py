@@ -29,6 +29,7 @@ from bilevel.problems.base import (
     Problem,
     check_array,
     check_nonnegative,
+    no_kinks,
     pick_kernel,
 )
 
@@ -389,7 +390,7 @@ class TV1D(Problem):
         Y = batch.x
         if self.norm == "l2":
             G, g_lam = _kernel("tv_l2_vjp", S)(Y, lam, self.order, V)
-            return (G, g_lam), np.full(S.shape[0], np.inf)
+            return (G, g_lam), no_kinks(S.shape[0])
         smax = np.abs(S).max(axis=1)
         tol = _ZERO_TOL * np.where(smax > 0, smax, 1.0)
         if self.order == 1:

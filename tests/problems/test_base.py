@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from bilevel.problems.base import all_finite, check_array
+from bilevel.problems.base import all_finite, check_array, no_kinks
 
 
 @pytest.mark.parametrize("value", [np.arange(12.0).reshape(3, 4)[:, 1],         # a column
@@ -29,3 +29,8 @@ def test_check_array_does_not_copy_what_is_already_contiguous_float64():
 def test_the_batch_finiteness_test_is_isfinite_all(array):
     assert all_finite(array) == bool(np.isfinite(array).all())
     assert all_finite(np.asfortranarray(array)) == bool(np.isfinite(array).all())
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+def test_rows_without_kinks_have_infinite_margins(rows):
+    np.testing.assert_array_equal(no_kinks(rows), np.full(rows, np.inf))
