@@ -73,8 +73,8 @@ class Layer(torch.nn.Module):
             raise ValueError(f"{type(self.problem).__name__} takes {len(self.theta_ndim)} "
                              f"parameter tensors (theta_ndim={self.theta_ndim}), "
                              f"got {len(theta)}")
-        theta = tuple(t if torch.is_tensor(t) else torch.as_tensor(t) for t in theta)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in theta):
+        theta = [t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in theta]
+        if torch.is_grad_enabled() and any([t.requires_grad for t in theta]):
             return _Argmin.apply(self, *theta)
         return _solve(self, theta)[0]     # no graph to record
 
@@ -92,18 +92,26 @@ def _host_float64(t):
 
 
 def _batch_layout(theta, base_ndims):
-    """Return the common batch shape and each part as a (B, *instance) float64 array."""
+    """Return the common batch shape and each part as a (B, *instance) float64 array.
+
+    The batch shape is the one non-empty batch shape of the parts (a part without batch
+    dimensions is broadcast), else their broadcast.
+    """
     batch_shapes = []
+    batch = ()
+    common = True
     for t, base in zip(theta, base_ndims):
         extra = t.ndim - base
         if extra < 0:
             raise ValueError(f"a parameter of shape {tuple(t.shape)} has fewer than its {base} "
                              "instance dimension(s)")
-        batch_shapes.append(tuple(t.shape[:extra]))
-    distinct = {b for b in batch_shapes if b}
-    if len(distinct) <= 1:
-        batch = next(iter(distinct), ())
-    else:
+        bshape = tuple(t.shape)[:extra]
+        batch_shapes.append(bshape)
+        if bshape and bshape != batch:
+            if batch:
+                common = False
+            batch = bshape
+    if not common:
         try:
             batch = np.broadcast_shapes(*batch_shapes)
         except ValueError as exc:
@@ -112,13 +120,13 @@ def _batch_layout(theta, base_ndims):
     parts = []
     for t, bshape in zip(theta, batch_shapes):
         arr = _host_float64(t)
-        inst = arr.shape[len(bshape):]
-        if bshape == batch:                 # (solve_batch makes the parts contiguous)
-            parts.append(arr.reshape((size,) + inst))
-        else:                               # broadcast along the batch, one copy
-            full = np.empty(batch + inst)
+        if bshape != batch:                 # broadcast along the batch, one copy
+            full = np.empty(batch + arr.shape[len(bshape):])
             full[...] = arr
-            parts.append(full.reshape((size,) + inst))
+            arr = full
+        if len(batch) != 1:                 # (solve_batch makes the parts contiguous)
+            arr = arr.reshape((size,) + arr.shape[len(batch):])
+        parts.append(arr)
     return batch, size, parts, batch_shapes
 
 
@@ -127,7 +135,7 @@ def _reduce(grad, batch, bshape, shape):
     if bshape == batch:
         return grad.reshape(shape)
     if not bshape:                          # one instance broadcast over the whole batch
-        return grad.sum(axis=0).reshape(shape)
+        return grad.sum(axis=0, keepdims=True).reshape(shape)
     g = grad.reshape(batch + grad.shape[1:])
     lead = len(batch) - len(bshape)
     g = g.sum(axis=tuple(range(lead))) if lead else g
@@ -160,16 +168,31 @@ def _solve(layer, theta):
     solutions = _keeping_torch_threads(api.solve_batch_checked, layer.problem, parts,
                                        layer.strategy)
     Y = solutions.x
-    out = torch.from_numpy(np.ascontiguousarray(Y).reshape(batch + Y.shape[1:]))
-    ref = next((t for t in theta if t.is_floating_point()), theta[0])
+    if len(batch) != 1:
+        Y = Y.reshape(batch + Y.shape[1:])
+    ref = theta[0]
+    for t in theta:
+        if t.is_floating_point():
+            ref = t
+            break
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-    return _to(out, dtype, ref.device), (batch, bshapes, solutions)
+    return _to(_from_host(Y), dtype, _device(ref)), (batch, bshapes, solutions)
+
+
+def _from_host(array):
+    """``array`` as a tensor sharing its memory; a C-contiguous copy if it is not one."""
+    return torch.from_numpy(array if array.flags.c_contiguous else np.ascontiguousarray(array))
+
+
+def _device(t):
+    """``t``'s device, None for the host (what :func:`_to` takes)."""
+    return None if t.is_cpu else t.device
 
 
 def _to(tensor, dtype, device):
-    """Return a float64 host ``tensor`` in ``dtype`` on ``device`` (itself if it already is)."""
-    if dtype == torch.float64 and device.type == "cpu":
-        return tensor
+    """Return a float64 host ``tensor`` in ``dtype`` on ``device`` (None: the host)."""
+    if device is None:
+        return tensor if dtype == torch.float64 else tensor.to(dtype)
     return tensor.to(dtype=dtype, device=device)
 
 
@@ -179,7 +202,7 @@ class _Argmin(torch.autograd.Function):
         out, (batch, bshapes, solutions) = _solve(layer, theta)
         ctx.layer, ctx.solutions, ctx.batch, ctx.bshapes = layer, solutions, batch, bshapes
         ctx.shapes = [tuple(t.shape) for t in theta]
-        ctx.meta = [(t.dtype, t.device) for t in theta]
+        ctx.meta = [(t.dtype, _device(t)) for t in theta]
         return out
 
     @staticmethod
@@ -196,5 +219,5 @@ class _Argmin(torch.autograd.Function):
                 continue
             g = _reduce(np.asarray(g), ctx.batch, ctx.bshapes[k], ctx.shapes[k])
             dtype, device = ctx.meta[k]
-            out.append(_to(torch.from_numpy(np.ascontiguousarray(g)), dtype, device))
+            out.append(_to(_from_host(g), dtype, device))
         return tuple(out)

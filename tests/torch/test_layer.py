@@ -260,6 +260,38 @@ class TestTV:
         np.testing.assert_allclose(S.grad[0, :5].numpy(), 0.2, rtol=1e-6)
         np.testing.assert_allclose(lam.grad.numpy(), 0.2 - 0.2, atol=1e-6)
 
+    @pytest.mark.parametrize("s_shape, lam_shape", [
+        ((2, 3, 12), (3,)),         # lam broadcast along the leading batch dimension
+        ((3, 12), (2, 1)),          # both broadcast: batch (2, 3)
+        ((12,), ()),                # one instance, no batch dimension
+        ((3, 12), (3,))])           # the common layout
+    def test_layer_broadcasts_batch_dimensions_like_a_loop(self, s_shape, lam_shape):
+        prob = bl.problems.TV1D(1)
+        layer = bl.torch.Layer(prob, "analytic")
+        rng = np.random.default_rng(3)
+        S = (np.repeat(rng.standard_normal(s_shape[:-1] + (4,)) * 3, 3, axis=-1)
+             + 0.1 * rng.standard_normal(s_shape))       # noise: no exact ties (kinks)
+        lam = rng.uniform(0.2, 0.8, lam_shape)
+        s_t = torch.tensor(S, requires_grad=True)
+        lam_t = torch.tensor(lam, requires_grad=True)
+        Y = layer(s_t, lam_t)
+        batch = np.broadcast_shapes(s_shape[:-1], lam_shape)
+        assert Y.shape == batch + (12,)
+        V = rng.standard_normal(Y.shape)
+        (Y * torch.tensor(V)).sum().backward()
+        S_b, lam_b = np.broadcast_to(S, batch + (12,)), np.broadcast_to(lam, batch)
+        g_s, g_lam = np.zeros(batch + (12,)), np.zeros(batch)
+        for i in np.ndindex(batch):
+            np.testing.assert_allclose(Y[i].detach().numpy(),
+                                       prob.solve((S_b[i], lam_b[i])).x, rtol=0, atol=1e-12)
+            g_s[i], g_lam[i] = bl.vjp(prob, (S_b[i], lam_b[i]), V[i], "analytic")
+        # a broadcast parameter's gradient: summed over the dimensions it was broadcast along
+        for grad, rows, shape in ((s_t.grad, g_s, s_shape), (lam_t.grad, g_lam, lam_shape)):
+            rows = rows.sum(axis=tuple(range(rows.ndim - len(shape))))
+            rows = rows.sum(axis=tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True)
+            assert grad.shape == shape
+            np.testing.assert_allclose(grad.numpy(), rows, atol=1e-12)
+
     def test_layer_and_problem_reject_bad_input(self):
         prob = bl.problems.TV1D(2)
         with pytest.raises(ValueError, match="lam must be >= 0"):
