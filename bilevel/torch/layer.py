@@ -201,15 +201,15 @@ class _Argmin(torch.autograd.Function):
     def forward(ctx, layer, *theta):
         out, (batch, bshapes, solutions) = _solve(layer, theta)
         ctx.layer, ctx.solutions, ctx.batch, ctx.bshapes = layer, solutions, batch, bshapes
-        ctx.shapes = [tuple(t.shape) for t in theta]
-        ctx.meta = [(t.dtype, _device(t)) for t in theta]
+        ctx.meta = [(tuple(t.shape), t.dtype, _device(t)) for t in theta]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         layer = ctx.layer
-        Y = ctx.solutions.x
-        V = _host_float64(grad_out).reshape(Y.shape)     # vjp_batch makes it contiguous
+        V = _host_float64(grad_out)                      # vjp_batch makes it contiguous
+        if len(ctx.batch) != 1:
+            V = V.reshape(ctx.solutions.x.shape)
         grads, _ = _keeping_torch_threads(api.vjp_batch_checked, layer.problem,
                                           ctx.solutions, V, layer.strategy)
         out = [None]
@@ -217,7 +217,7 @@ class _Argmin(torch.autograd.Function):
             if not ctx.needs_input_grad[k + 1]:
                 out.append(None)
                 continue
-            g = _reduce(np.asarray(g), ctx.batch, ctx.bshapes[k], ctx.shapes[k])
-            dtype, device = ctx.meta[k]
+            shape, dtype, device = ctx.meta[k]
+            g = _reduce(np.asarray(g), ctx.batch, ctx.bshapes[k], shape)
             out.append(_to(_from_host(g), dtype, device))
         return tuple(out)
