@@ -64,7 +64,17 @@ def _predict(X, x):
 
 
 class _LinearModelLoss(Loss):
-    """A loss of the predictions ``X x``: its gradient ``X^T g`` is computed on demand."""
+    """A loss of the predictions ``X x``: its gradient ``X^T g`` is computed on demand.
+
+    ``X`` is kept column-major: a sparse ``x`` (a Lasso's) reads only its support's columns,
+    each then contiguous.
+    """
+
+    def _set_data(self, X, y):
+        """Keep the checked ``X`` (column-major) and ``y``, with their torch views."""
+        X, self.y = check_design(X, y)
+        self.X = np.asfortranarray(X)
+        self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
 
     def value_and_grad(self, x, theta=None):
         """``value_and_lazy_grad`` with the whole gradient."""
@@ -82,8 +92,7 @@ class SquaredError(_LinearModelLoss):
     """
 
     def __init__(self, X, y):
-        self.X, self.y = check_design(X, y)
-        self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
+        self._set_data(X, y)
 
     def __call__(self, x, theta=None):
         """Evaluate on torch tensors."""
@@ -110,10 +119,9 @@ class LogisticLoss(_LinearModelLoss):
     """
 
     def __init__(self, X, y):
-        self.X, self.y = check_design(X, y)
+        self._set_data(X, y)
         if not np.all(np.isin(self.y, (-1.0, 1.0))):
             raise ValueError("y must hold labels in {-1, +1}; map 0/1 labels with 2 * y - 1")
-        self._Xt, self._yt = torch.from_numpy(self.X), torch.from_numpy(self.y)
 
     def __call__(self, x, theta=None):
         """Evaluate on torch tensors."""
