@@ -74,7 +74,7 @@ class Layer(torch.nn.Module):
                              f"parameter tensors (theta_ndim={self.theta_ndim}), "
                              f"got {len(theta)}")
         theta = [t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in theta]
-        if torch.is_grad_enabled() and any([t.requires_grad for t in theta]):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in theta):
             return _Argmin.apply(self, *theta)
         return _solve(self, theta)[0]     # no graph to record
 
