@@ -206,8 +206,10 @@ class RobustPooling(Problem):
         """Return the rows of ``X`` sorted for the truncated quadratic, else ``X``."""
         return np.sort(X, axis=1) if self.penalty == "truncated_quadratic" else X
 
-    def _pool(self, X, Y0):
+    def _pool(self, X, sorted_X, Y0):
         """Pool the rows of ``X`` (b, n) from ``Y0`` (b,): ``(Y, iters, res, gap, from_mean)``.
+
+        ``sorted_X`` is :meth:`_sorted`'s ``X``.
 
         ``start="best"`` (Welsch): a second descent from the row means, keeping per row the
         minimum of lower energy (``from_mean`` (b,) where it is the mean's); ``gap`` (b,)
@@ -215,7 +217,6 @@ class RobustPooling(Problem):
         starts reach the same one, and for every other start or penalty).
         """
         kernel = _kernel("pool_solve", X)
-        sorted_X = self._sorted(X)
         Y, iters, res = kernel(X, sorted_X, self._code, self.alpha, Y0, self.max_iter)
         gap, take = np.full(Y.shape, np.inf), np.zeros(Y.shape, dtype=bool)
         if self.start == "best" and self.penalty == "welsch":
@@ -234,7 +235,7 @@ class RobustPooling(Problem):
         x = theta[0] if isinstance(theta, tuple) else theta
         X = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
         Y0 = np.ascontiguousarray(np.asarray(x0, dtype=np.float64).reshape(-1))
-        Y, iters, res, gap, _ = self._pool(X, Y0)
+        Y, iters, res, gap, _ = self._pool(X, self._sorted(X), Y0)
         info = {"gap": gap.reshape(x.shape[:-1])} if self.start == "best" else {}
         return Y.reshape(x.shape[:-1]), int(iters.max()), float(res.max()), info
 
@@ -300,7 +301,7 @@ class RobustPooling(Problem):
         if self.start == "median":
             return median
         X = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-        *_, from_mean = self._pool(X, np.full(X.shape[0], np.nan))
+        *_, from_mean = self._pool(X, self._sorted(X), np.full(X.shape[0], np.nan))
         return np.where(from_mean.reshape(median.shape), mean, median)
 
     # structure ------------------------------------------------------------------------
@@ -327,13 +328,16 @@ class RobustPooling(Problem):
         from bilevel._types import ConvergenceWarning
 
         Y0 = np.ascontiguousarray(self.init((X,)))    # NaN: the kernel takes the median
-        Y, _, res, gap, _ = self._pool(X, Y0)
+        sorted_X = self._sorted(X)
+        Y, _, res, gap, _ = self._pool(X, sorted_X, Y0)
         if np.any(res > self.tol):
             warnings.warn(f"RobustPooling: {int(np.sum(res > self.tol))} of {X.shape[0]} rows "
                           f"stopped at relative residual up to {res.max():.1e} > "
                           f"tol={self.tol:.0e}; raise max_iter", ConvergenceWarning,
                           stacklevel=4)
         certificate = {"gap": gap} if self.start == "best" else {}
+        if sorted_X is not X:               # kept for the VJP, which reads them again
+            certificate["sorted_rows"] = sorted_X
         return BatchSolution(x=Y, parts=(X,), certificate=certificate)
 
     def _vjp_batch(self, batch, V):
@@ -343,8 +347,8 @@ class RobustPooling(Problem):
         starts' minima (a tie: the pooled value jumps there).
         """
         X = batch.parts[0]
-        G, margins = _kernel("pool_vjp", X)(X, self._sorted(X), self._code, self.alpha,
-                                            batch.x, V)
+        sorted_X = batch.certificate.get("sorted_rows", X)     # X itself: no sort needed
+        G, margins = _kernel("pool_vjp", X)(X, sorted_X, self._code, self.alpha, batch.x, V)
         if "gap" in batch.certificate:
             margins = np.minimum(margins, batch.certificate["gap"])
         return (G,), margins
